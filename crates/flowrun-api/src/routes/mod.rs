@@ -1,0 +1,28 @@
+//! Handlers, one module per resource. Each module exposes `router()`; paths are written
+//! without `/v1` (the service mounts them at both places).
+
+pub mod actions;
+pub mod catalog;
+pub mod common;
+pub mod devices;
+pub mod flow_actions;
+pub mod flows;
+pub mod ops;
+pub mod timezones;
+pub mod triggers;
+
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::App;
+
+/// Every authenticated route.
+pub fn api_router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .merge(triggers::router())
+        .merge(catalog::router())
+        .merge(actions::router())
+        .merge(flows::router())
+        .merge(flow_actions::router())
+        .merge(devices::router())
+        .merge(timezones::router())
+}

@@ -1,0 +1,1 @@
+//! flowrun-engine

@@ -1,0 +1,198 @@
+//! flowrun-store: durable state behind one [`Store`] trait, with an embedded SQLite backend
+//! (the default) and a PostgreSQL backend for several nodes.
+//!
+//! Definitions (triggers, actions, flows, devices) are small, read on every request and on
+//! every event, so the server keeps them in memory ([`Registry`]) and writes through to the
+//! store; the store is the authority at start-up. Idempotency records and API keys live only
+//! in the store.
+
+mod canonical;
+mod postgres;
+mod registry;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use canonical::canonical_json;
+pub use registry::{Change, Defs, Registry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt stored document {kind}/{id}: {source}")]
+    Corrupt {
+        kind: String,
+        id: String,
+        source: serde_json::Error,
+    },
+    #[error("unsupported database URL '{0}' (expected sqlite:… or postgres://…)")]
+    UnsupportedUrl(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A stored API key (only its hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub key_hash: String,
+    pub owner_id: String,
+    pub actor_id: String,
+    pub created_at_ms: i64,
+    pub revoked: bool,
+}
+
+/// The kinds of definition documents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DocKind {
+    Trigger,
+    Action,
+    Flow,
+    Device,
+}
+
+impl DocKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocKind::Trigger => "trigger",
+            DocKind::Action => "action",
+            DocKind::Flow => "flow",
+            DocKind::Device => "device",
+        }
+    }
+}
+
+/// A stored definition document.
+#[derive(Clone, Debug)]
+pub struct Doc {
+    pub id: String,
+    pub owner_id: String,
+    pub json: String,
+}
+
+/// One write of a definition document; `json: None` deletes it.
+#[derive(Clone, Debug)]
+pub struct DocWrite {
+    pub kind: DocKind,
+    pub id: String,
+    pub owner_id: String,
+    pub json: Option<String>,
+}
+
+/// The scope of an idempotency record (§1.9).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdemScope {
+    pub owner_id: String,
+    pub method: String,
+    pub route: String,
+    pub key: String,
+}
+
+/// A stored 2xx outcome to replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub location: Option<String>,
+}
+
+/// What the store says about an idempotency key at the start of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdemBegin {
+    /// First use: the caller executes and then completes or releases.
+    New,
+    /// Same fingerprint, outcome stored.
+    Replay(StoredResponse),
+    /// Same fingerprint, recorded without a replayable outcome (fire).
+    Seen,
+    /// Same fingerprint, first request still executing.
+    InProgress,
+    /// Same scope, different fingerprint.
+    Mismatch,
+}
+
+/// Lifetime of an idempotency record.
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+/// A `running` record older than this was left by a crashed request and may be taken over.
+pub const IDEMPOTENCY_STALE_MS: i64 = 5 * 60 * 1000;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Cheap round trip used by `/healthz`.
+    async fn ping(&self) -> Result<()>;
+
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
+    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
+    async fn count_api_keys(&self) -> Result<i64>;
+
+    async fn get_setting(&self, name: &str) -> Result<Option<String>>;
+    /// Stores `value` unless the setting exists; returns the stored value either way.
+    async fn init_setting(&self, name: &str, value: &str) -> Result<String>;
+
+    async fn load_docs(&self, kind: DocKind) -> Result<Vec<Doc>>;
+    /// Applies every write in one transaction.
+    async fn write_docs(&self, writes: &[DocWrite]) -> Result<()>;
+
+    async fn idem_begin(
+        &self,
+        scope: &IdemScope,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> Result<IdemBegin>;
+    /// Stores the outcome; `response: None` records the fingerprint without a replay body.
+    async fn idem_complete(
+        &self,
+        scope: &IdemScope,
+        response: Option<&StoredResponse>,
+    ) -> Result<()>;
+    async fn idem_release(&self, scope: &IdemScope) -> Result<()>;
+}
+
+/// Opens the store named by a database URL and applies its migrations.
+///
+/// `sqlite:path` / `sqlite://path` / a bare file path → SQLite (created when missing);
+/// `postgres://…` / `postgresql://…` → PostgreSQL.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url).await?))
+    } else if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        Ok(Arc::new(sqlite::SqliteStore::open(path).await?))
+    } else if !url.contains("://") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+}
+
+/// Decides an idempotency outcome from an existing record (shared by both backends).
+pub(crate) fn decide_existing(
+    fingerprint: &str,
+    stored_fp: &str,
+    state: &str,
+    status: Option<i32>,
+    body: Option<Vec<u8>>,
+    location: Option<String>,
+) -> IdemBegin {
+    if stored_fp != fingerprint {
+        return IdemBegin::Mismatch;
+    }
+    match (state, status) {
+        ("done", Some(status)) => IdemBegin::Replay(StoredResponse {
+            status: status as u16,
+            body: body.unwrap_or_default(),
+            location,
+        }),
+        ("done", None) => IdemBegin::Seen,
+        _ => IdemBegin::InProgress,
+    }
+}

@@ -1,0 +1,191 @@
+//! The in-memory copy of every owner's definitions, written through to the store.
+//!
+//! Reads (every API read, every event routed) never touch the database. Writes are
+//! serialised by one async lock so that "check references, then write" is atomic: a flow
+//! cannot be created against a trigger that is being deleted, and capacity checks hold.
+//! A write reaches the cache only after the store committed it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use flowrun_core::model::{Action, Device, FlowRecord, Trigger};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::{DocKind, DocWrite, Result, Store, StoreError};
+
+/// Every definition, by id.
+#[derive(Default)]
+pub struct Defs {
+    pub triggers: HashMap<Uuid, Arc<Trigger>>,
+    pub actions: HashMap<Uuid, Arc<Action>>,
+    pub flows: HashMap<Uuid, Arc<FlowRecord>>,
+    pub devices: HashMap<Uuid, Arc<Device>>,
+}
+
+impl Defs {
+    /// A trigger of this owner.
+    pub fn trigger(&self, owner: &str, id: Uuid) -> Option<&Arc<Trigger>> {
+        self.triggers.get(&id).filter(|t| t.owner_id == owner)
+    }
+
+    pub fn action(&self, owner: &str, id: Uuid) -> Option<&Arc<Action>> {
+        self.actions.get(&id).filter(|a| a.owner_id == owner)
+    }
+
+    /// A flow of this owner, archived ones included.
+    pub fn flow_any(&self, owner: &str, id: Uuid) -> Option<&Arc<FlowRecord>> {
+        self.flows.get(&id).filter(|f| f.flow.owner_id == owner)
+    }
+
+    /// A non-archived flow of this owner.
+    pub fn flow(&self, owner: &str, id: Uuid) -> Option<&Arc<FlowRecord>> {
+        self.flow_any(owner, id).filter(|f| !f.flow.is_archived())
+    }
+
+    pub fn device(&self, owner: &str, id: Uuid) -> Option<&Arc<Device>> {
+        self.devices.get(&id).filter(|d| d.owner_id == owner)
+    }
+
+    /// Non-archived flows of this owner.
+    pub fn live_flows<'a>(&'a self, owner: &'a str) -> impl Iterator<Item = &'a Arc<FlowRecord>> {
+        self.flows
+            .values()
+            .filter(move |f| f.flow.owner_id == owner && !f.flow.is_archived())
+    }
+}
+
+/// One change to apply atomically with others.
+#[derive(Clone, Debug)]
+pub enum Change {
+    PutTrigger(Trigger),
+    DeleteTrigger(Uuid),
+    PutAction(Action),
+    DeleteAction(Uuid),
+    PutFlow(FlowRecord),
+    PutDevice(Device),
+    DeleteDevice(Uuid),
+}
+
+pub struct Registry {
+    store: Arc<dyn Store>,
+    defs: RwLock<Defs>,
+    writes: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    /// Loads every definition from the store.
+    pub async fn load(store: Arc<dyn Store>) -> Result<Self> {
+        let defs = Defs {
+            triggers: load_kind(&*store, DocKind::Trigger, |t: &Trigger| t.id).await?,
+            actions: load_kind(&*store, DocKind::Action, |a: &Action| a.id).await?,
+            flows: load_kind(&*store, DocKind::Flow, |f: &FlowRecord| f.flow.id).await?,
+            devices: load_kind(&*store, DocKind::Device, |d: &Device| d.id).await?,
+        };
+        Ok(Self {
+            store,
+            defs: RwLock::new(defs),
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// A consistent view for reading. Do not hold it across an `.await`.
+    pub fn read(&self) -> RwLockReadGuard<'_, Defs> {
+        self.defs.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serialises writers: hold the guard from the first check to the last [`apply`](Self::apply).
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writes.lock().await
+    }
+
+    /// Commits the changes to the store in one transaction, then to memory.
+    pub async fn apply(&self, changes: Vec<Change>) -> Result<()> {
+        let mut writes = Vec::with_capacity(changes.len());
+        for c in &changes {
+            writes.push(match c {
+                Change::PutTrigger(t) => put(DocKind::Trigger, t.id, &t.owner_id, t)?,
+                Change::PutAction(a) => put(DocKind::Action, a.id, &a.owner_id, a)?,
+                Change::PutFlow(f) => put(DocKind::Flow, f.flow.id, &f.flow.owner_id, f)?,
+                Change::PutDevice(d) => put(DocKind::Device, d.id, &d.owner_id, d)?,
+                Change::DeleteTrigger(id) => del(DocKind::Trigger, *id),
+                Change::DeleteAction(id) => del(DocKind::Action, *id),
+                Change::DeleteDevice(id) => del(DocKind::Device, *id),
+            });
+        }
+        self.store.write_docs(&writes).await?;
+        let mut defs = self.defs.write().unwrap_or_else(|e| e.into_inner());
+        for c in changes {
+            match c {
+                Change::PutTrigger(t) => {
+                    defs.triggers.insert(t.id, Arc::new(t));
+                }
+                Change::PutAction(a) => {
+                    defs.actions.insert(a.id, Arc::new(a));
+                }
+                Change::PutFlow(f) => {
+                    defs.flows.insert(f.flow.id, Arc::new(f));
+                }
+                Change::PutDevice(d) => {
+                    defs.devices.insert(d.id, Arc::new(d));
+                }
+                Change::DeleteTrigger(id) => {
+                    defs.triggers.remove(&id);
+                }
+                Change::DeleteAction(id) => {
+                    defs.actions.remove(&id);
+                }
+                Change::DeleteDevice(id) => {
+                    defs.devices.remove(&id);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn put<T: Serialize>(kind: DocKind, id: Uuid, owner: &str, v: &T) -> Result<DocWrite> {
+    let json = serde_json::to_string(v).map_err(|source| StoreError::Corrupt {
+        kind: kind.as_str().to_string(),
+        id: id.to_string(),
+        source,
+    })?;
+    Ok(DocWrite {
+        kind,
+        id: id.to_string(),
+        owner_id: owner.to_string(),
+        json: Some(json),
+    })
+}
+
+fn del(kind: DocKind, id: Uuid) -> DocWrite {
+    DocWrite {
+        kind,
+        id: id.to_string(),
+        owner_id: String::new(),
+        json: None,
+    }
+}
+
+async fn load_kind<T: DeserializeOwned>(
+    store: &dyn Store,
+    kind: DocKind,
+    id_of: impl Fn(&T) -> Uuid,
+) -> Result<HashMap<Uuid, Arc<T>>> {
+    let docs = store.load_docs(kind).await?;
+    let mut out = HashMap::with_capacity(docs.len());
+    for d in docs {
+        let v: T = serde_json::from_str(&d.json).map_err(|source| StoreError::Corrupt {
+            kind: kind.as_str().to_string(),
+            id: d.id.clone(),
+            source,
+        })?;
+        out.insert(id_of(&v), Arc::new(v));
+    }
+    Ok(out)
+}

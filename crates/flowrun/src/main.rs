@@ -1,0 +1,144 @@
+//! The `flowrun` binary: `serve` runs the server; `keys create` issues API keys.
+//!
+//! Configuration comes from flags with `FLOWRUN_*` environment fallbacks and is checked
+//! before anything starts, so a bad setting fails at once with a clear message.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use flowrun_api::{ApiConfig, App};
+use flowrun_store::Registry;
+
+#[derive(Parser)]
+#[command(
+    name = "flowrun",
+    version,
+    about = "Self-hosted engine for the Mobilerun Workflows API v1"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (and everything it needs).
+    Serve(ServeArgs),
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Args)]
+struct DbArgs {
+    /// Database: a SQLite file path / `sqlite:` URL, or a `postgres://` URL.
+    #[arg(long, env = "FLOWRUN_DATABASE_URL", default_value = "flowrun.db")]
+    database_url: String,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, env = "FLOWRUN_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    #[command(flatten)]
+    db: DbArgs,
+    /// A static API key for owner `default` (not stored).
+    #[arg(long, env = "FLOWRUN_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Request body limit in bytes.
+    #[arg(long, env = "FLOWRUN_BODY_LIMIT", default_value_t = 1 << 20)]
+    body_limit: usize,
+    /// Maximum non-archived flows per owner and agent bucket (unlimited when unset).
+    #[arg(long, env = "FLOWRUN_ROUTINE_LIMIT")]
+    routine_limit: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create an API key and print it (only its hash is stored).
+    Create {
+        /// Owner (tenant) the key belongs to.
+        #[arg(long, default_value = "default")]
+        owner: String,
+        /// Actor named by the key (defaults to the owner).
+        #[arg(long)]
+        actor: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOWRUN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Keys {
+                command: KeysCommand::Create { owner, actor, db },
+            } => {
+                let store = flowrun_store::open(&db.database_url)
+                    .await
+                    .with_context(|| format!("opening database {}", db.database_url))?;
+                let key = flowrun_api::auth::create_key(&*store, &owner, actor.as_deref()).await?;
+                println!("{key}");
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let store = flowrun_store::open(&args.db.database_url)
+        .await
+        .with_context(|| format!("opening database {}", args.db.database_url))?;
+    let registry = Arc::new(
+        Registry::load(store.clone())
+            .await
+            .context("loading definitions")?,
+    );
+    let app = App::new(
+        store.clone(),
+        registry,
+        ApiConfig {
+            body_limit: args.body_limit,
+            routine_limit: args.routine_limit,
+        },
+    );
+    match &args.api_key {
+        Some(key) => app.keys.add_static(key, "default"),
+        None => {
+            if store.count_api_keys().await? == 0 {
+                let key = flowrun_api::auth::create_key(&*store, "default", None).await?;
+                // Shown once; only the hash is stored.
+                println!("created API key for owner 'default' (shown once): {key}");
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "flowrun listening on http://{addr} (store: {})",
+        store.backend()
+    );
+    use std::io::Write;
+    std::io::stdout().flush().ok();
+    tracing::info!(%addr, store = store.backend(), "listening");
+    flowrun_api::serve(listener, app).await?;
+    Ok(())
+}
