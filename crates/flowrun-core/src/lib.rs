@@ -6,10 +6,15 @@
 //! can be tested with plain values.
 
 pub mod catalog;
+pub mod conditions;
+pub mod flowtree;
 pub mod ids;
 pub mod keys;
 pub mod model;
+pub mod params;
+pub mod schedule;
 pub mod time;
+pub mod timezones;
 pub mod validate;
 
 pub use ids::new_id;
