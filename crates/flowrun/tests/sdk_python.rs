@@ -27,7 +27,10 @@ async fn official_python_client_round_trip() {
         return;
     }
     let s = Server::start().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sdk/sdk_roundtrip.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/sdk/sdk_roundtrip.py"
+    );
     let base = s.url("/v1");
     let key = s.key.clone();
     let out = tokio::task::spawn_blocking(move || {

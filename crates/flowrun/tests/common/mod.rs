@@ -266,6 +266,22 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A PostgreSQL database made for this server is dropped with it.
+        if let Ok(admin) = std::env::var("FLOWRUN_TEST_DATABASE_URL")
+            && !admin.is_empty()
+            && let Some((_, name)) = self.database_url.rsplit_once('/')
+        {
+            let _ = Command::new("psql")
+                .args([
+                    admin.as_str(),
+                    "-q",
+                    "-c",
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
