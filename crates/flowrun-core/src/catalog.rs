@@ -90,7 +90,7 @@ const NAMED_KEYS: [&str; 12] = [
 
 fn build() -> Vec<CatalogEntry> {
     let ok = || out(json!({"ok": {"const": true}}), &["ok"]);
-    let coord = |d: &str| json!({"type": "integer", "minimum": 0, "description": d});
+    let coord = |d: &str, ex: u32| json!({"type": "integer", "minimum": 0, "description": d, "examples": [ex]});
     let mut v = vec![
         (
             "flow.wait",
@@ -169,7 +169,7 @@ fn build() -> Vec<CatalogEntry> {
             "Tap",
             "devices_api",
             "Taps the screen at a point.",
-            obj(json!({"x": coord("X coordinate in pixels"), "y": coord("Y coordinate in pixels")}), &["x", "y"]),
+            obj(json!({"x": coord("X coordinate in pixels", 540), "y": coord("Y coordinate in pixels", 1200)}), &["x", "y"]),
             ok(),
         ),
         (
@@ -178,7 +178,7 @@ fn build() -> Vec<CatalogEntry> {
             "devices_api",
             "Swipes from one point to another.",
             obj(
-                json!({"startX": coord("Start X"), "startY": coord("Start Y"), "endX": coord("End X"), "endY": coord("End Y"),
+                json!({"startX": coord("Start X", 540), "startY": coord("Start Y", 1600), "endX": coord("End X", 540), "endY": coord("End Y", 400),
                     "durationMs": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 300, "description": "Swipe duration in milliseconds"}}),
                 &["startX", "startY", "endX", "endY"],
             ),
@@ -324,6 +324,100 @@ pub fn by_method(method: &str) -> Option<&'static CatalogEntry> {
     ENTRIES.iter().find(|e| e.method == method)
 }
 
+/// One parameter of a service method (`GET /actions/services/{service}/methods`).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct MethodParam {
+    pub name: String,
+    /// `string` | `number` | `boolean` | `object` | `array`
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub required: bool,
+    pub description: String,
+    #[schema(value_type = Option<Object>)]
+    pub default: Value,
+    #[schema(value_type = Option<Object>)]
+    pub example: Value,
+}
+
+/// A method of a service with its params, derived from the entry's `paramsSchema`.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ServiceMethod {
+    pub method: String,
+    pub params: Vec<MethodParam>,
+}
+
+/// The methods of one service, ordered by method; `None` for an unknown service.
+pub fn service_methods(service: &str) -> Option<Vec<ServiceMethod>> {
+    if !SERVICES.contains(&service) {
+        return None;
+    }
+    let mut out: Vec<ServiceMethod> = ENTRIES
+        .iter()
+        .filter(|e| e.service == service)
+        .map(|e| ServiceMethod {
+            method: e.method.clone(),
+            params: e
+                .params_schema
+                .as_ref()
+                .map(method_params)
+                .unwrap_or_default(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.method.cmp(&b.method));
+    Some(out)
+}
+
+/// The top-level properties of a params schema, in declaration order (§3.3).
+pub fn method_params(schema: &Value) -> Vec<MethodParam> {
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(props) = schema["properties"].as_object() else {
+        return Vec::new();
+    };
+    props
+        .iter()
+        .map(|(name, p)| MethodParam {
+            name: name.clone(),
+            kind: param_type(p),
+            required: required.contains(&name.as_str()),
+            description: p["description"].as_str().unwrap_or_default().to_string(),
+            default: p.get("default").cloned().unwrap_or(Value::Null),
+            example: p["examples"]
+                .as_array()
+                .and_then(|a| a.first())
+                .cloned()
+                .unwrap_or(Value::Null),
+        })
+        .collect()
+}
+
+/// The wire type of one property: `integer` reads as `number`, a union as its first non-null
+/// member, `anyOf` as its first branch. A property without any type accepts anything; the
+/// wire enum has no "any", and `object` is the closest honest answer.
+fn param_type(p: &Value) -> String {
+    fn wire(t: &str) -> Option<&str> {
+        match t {
+            "integer" => Some("number"),
+            "string" | "number" | "boolean" | "object" | "array" => Some(t),
+            _ => None,
+        }
+    }
+    let found = match &p["type"] {
+        Value::String(t) => wire(t),
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).find_map(wire),
+        _ => None,
+    };
+    if let Some(t) = found {
+        return t.to_string();
+    }
+    if let Some(first) = p["anyOf"].as_array().and_then(|a| a.first()) {
+        return param_type(first);
+    }
+    "object".to_string()
+}
+
 /// Maps a named key of `devices.key` to its Android key code.
 pub fn key_code(name: &str) -> Option<i64> {
     Some(match name {
@@ -366,6 +460,41 @@ mod tests {
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
+    }
+
+    #[test]
+    fn service_methods_follow_the_schema() {
+        let tasks = service_methods("tasks_api").unwrap();
+        let names: Vec<_> = tasks.iter().map(|m| m.method.as_str()).collect();
+        assert_eq!(
+            names,
+            ["flow.for_each", "flow.if", "flow.wait", "tasks.run"]
+        );
+        let each = &tasks[0].params;
+        let pnames: Vec<_> = each.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(pnames, ["items", "itemVariable", "maxIterations"]);
+        assert_eq!(each[0].kind, "array", "first non-null member of the union");
+        assert!(each[0].required);
+        assert_eq!(each[0].example, json!(["a", "b"]));
+        assert_eq!(each[2].kind, "number", "integer reads as number");
+        assert_eq!(each[2].default, json!(100));
+        assert!(!each[2].required);
+        assert_eq!(each[2].example, Value::Null);
+        let devices = service_methods("devices_api").unwrap();
+        let key = devices.iter().find(|m| m.method == "devices.key").unwrap();
+        assert_eq!(
+            key.params[0].kind, "number",
+            "anyOf reads as its first branch"
+        );
+        let shot = devices
+            .iter()
+            .find(|m| m.method == "devices.screenshot")
+            .unwrap();
+        assert!(shot.params.is_empty());
+        assert_eq!(service_methods("integrations_api").unwrap().len(), 0);
+        assert!(service_methods("nope").is_none());
+        assert_eq!(param_type(&json!({"type": ["null", "integer"]})), "number");
+        assert_eq!(param_type(&json!({})), "object");
     }
 
     #[test]
