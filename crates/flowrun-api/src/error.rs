@@ -70,12 +70,21 @@ impl ApiError {
 
     /// 400 `invalid_params`: action params do not satisfy the catalog entry's schema.
     pub fn invalid_params(errs: FieldErrors) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_params",
-            "params do not satisfy the action's paramsSchema",
-        )
-        .with_details(json!({ "errors": errs.0 }))
+        let message = match errs.0.first() {
+            Some(f) if errs.len() > 1 => format!(
+                "params do not satisfy the action's paramsSchema: {}: {} (and {} more)",
+                f.field,
+                f.message,
+                errs.len() - 1
+            ),
+            Some(f) => format!(
+                "params do not satisfy the action's paramsSchema: {}: {}",
+                f.field, f.message
+            ),
+            None => "params do not satisfy the action's paramsSchema".to_string(),
+        };
+        Self::new(StatusCode::BAD_REQUEST, "invalid_params", message)
+            .with_details(json!({ "errors": errs.0 }))
     }
 
     pub fn unauthorized() -> Self {
