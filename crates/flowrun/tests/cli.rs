@@ -26,6 +26,7 @@ fn start(db: &str) -> (Child, String, Vec<String>) {
         }
         before.push(line);
     }
+    let _ = child.wait();
     panic!("server exited before listening: {before:?}");
 }
 
