@@ -186,6 +186,13 @@ fn semantic_checks(
             format!("itemVariable '{var}' is a reserved word"),
         );
     }
+    // A `flow.if` condition is a condition tree with the grammar of trigger conditions;
+    // string values inside it may hold templates, which the grammar check leaves alone.
+    if method == "flow.if"
+        && let Some(cond @ Value::Object(_)) = map.get("condition")
+    {
+        crate::conditions::validate(cond, &join_key(prefix, "condition"), errs);
+    }
 }
 
 static CACHE: LazyLock<Mutex<HashMap<uuid::Uuid, Arc<Validator>>>> =
@@ -637,6 +644,27 @@ mod tests {
                 "params"
             )
             .is_empty()
+        );
+    }
+
+    #[test]
+    fn flow_if_condition_follows_the_condition_grammar() {
+        let entry = catalog::by_method("flow.if").unwrap();
+        let ok = serde_json::json!({"condition": {"field": "event.payload.n", "op": "gt", "value": "{{ steps.a.body.n }}"}});
+        assert!(validate_configured(entry, &ok).is_ok());
+        let bad = serde_json::json!({"condition": {"field": "x", "op": "almost"}});
+        let errs = validate_configured(entry, &bad).unwrap_err();
+        assert!(
+            errs.0
+                .iter()
+                .all(|e| e.code.as_deref() == Some("invalid_condition")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.0
+                .iter()
+                .all(|e| e.field.starts_with("params.condition")),
+            "{errs:?}"
         );
     }
 }

@@ -28,8 +28,39 @@ async fn healthz_and_openapi_need_no_key() {
     assert_eq!(servers, [json!("/v1"), json!("/")]);
     assert!(r.body["components"]["securitySchemes"]["bearer"].is_object());
     let paths = r.body["paths"].as_object().unwrap();
-    for p in ["/devices", "/devices/{deviceId}"] {
-        assert!(paths.contains_key(p), "openapi lacks {p}");
+    let expected: &[(&str, &[&str])] = &[
+        ("/triggers", &["get", "post"]),
+        ("/triggers/{triggerId}", &["get", "patch", "delete"]),
+        ("/action-catalog", &["get"]),
+        ("/action-catalog/{catalogEntryId}", &["get"]),
+        ("/actions/services", &["get"]),
+        ("/actions/services/{service}/methods", &["get"]),
+        ("/actions", &["get", "post"]),
+        ("/actions/{actionId}", &["get", "patch", "delete"]),
+        ("/flows", &["get", "post"]),
+        ("/flows/capacity", &["get"]),
+        ("/flows/{flowId}", &["get", "patch", "delete"]),
+        ("/flows/{flowId}/clone", &["post"]),
+        ("/flows/{flowId}/unblock", &["post"]),
+        ("/flows/{flowId}/repairs", &["get"]),
+        ("/flows/{flowId}/delivery-options", &["get"]),
+        ("/flows/{flowId}/actions", &["get", "post", "put"]),
+        ("/flows/{flowId}/actions/{flowActionId}", &["delete"]),
+        ("/devices", &["get", "post"]),
+        ("/devices/{deviceId}", &["get", "patch", "delete"]),
+        ("/timezones", &["get"]),
+    ];
+    for (path, methods) in expected {
+        let ops = paths
+            .get(*path)
+            .unwrap_or_else(|| panic!("openapi lacks {path}"));
+        for m in *methods {
+            assert!(ops.get(*m).is_some(), "openapi lacks {m} {path}");
+            assert!(
+                ops[*m]["responses"].is_object(),
+                "{m} {path} documents no responses"
+            );
+        }
     }
 }
 
