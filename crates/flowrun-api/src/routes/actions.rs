@@ -10,7 +10,7 @@ use flowrun_core::params::{self, Mode};
 use flowrun_core::validate::{Field, Obj, Req};
 use flowrun_core::{FieldErrors, Ts, new_id};
 use flowrun_store::Change;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -239,19 +239,9 @@ async fn delete_action(
         let defs = app.registry.read();
         defs.action(&caller.owner_id, id)
             .ok_or_else(|| ApiError::not_found("Action", &raw))?;
-        let mut users: Vec<_> = defs
-            .live_flows(&caller.owner_id)
-            .filter(|f| f.nodes.iter().any(|n| n.action_id == id))
-            .map(|f| f.flow.id)
-            .collect();
-        users.sort();
-        if !users.is_empty() {
-            return Err(ApiError::conflict(
-                "in_use",
-                format!("Action {id} is used by {} flow(s)", users.len()),
-            )
-            .with_details(json!({ "flowIds": users })));
-        }
+        super::common::refuse_if_used(&defs, &caller.owner_id, "Action", id, |f| {
+            f.nodes.iter().any(|n| n.action_id == id)
+        })?;
     }
     app.registry.apply(vec![Change::DeleteAction(id)]).await?;
     Ok(message(format!("Action {id} deleted")))

@@ -37,6 +37,31 @@ pub fn message(m: impl Into<String>) -> Response {
     Json(json!({ "message": m.into() })).into_response()
 }
 
+/// 409 `in_use` when non-archived flows of the owner still reference an object
+/// (`details.flowIds`, sorted); `Ok` when none does.
+pub fn refuse_if_used(
+    defs: &flowrun_store::Defs,
+    owner: &str,
+    resource: &str,
+    id: Uuid,
+    uses: impl Fn(&flowrun_core::model::FlowRecord) -> bool,
+) -> Result<(), ApiError> {
+    let mut users: Vec<Uuid> = defs
+        .live_flows(owner)
+        .filter(|f| uses(f))
+        .map(|f| f.flow.id)
+        .collect();
+    if users.is_empty() {
+        return Ok(());
+    }
+    users.sort();
+    Err(ApiError::conflict(
+        "in_use",
+        format!("{resource} {id} is used by {} flow(s)", users.len()),
+    )
+    .with_details(json!({ "flowIds": users })))
+}
+
 /// `200` with a body built by the caller (lists, bare objects).
 pub fn ok(v: Value) -> Response {
     Json(v).into_response()

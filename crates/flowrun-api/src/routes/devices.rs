@@ -201,18 +201,9 @@ async fn delete_device(
         let defs = app.registry.read();
         defs.device(&caller.owner_id, id)
             .ok_or_else(|| ApiError::not_found("Device", &raw))?;
-        let users: Vec<_> = defs
-            .live_flows(&caller.owner_id)
-            .filter(|f| f.flow.device_ids.contains(&id))
-            .map(|f| f.flow.id)
-            .collect();
-        if !users.is_empty() {
-            return Err(ApiError::conflict(
-                "in_use",
-                format!("Device {id} is used by {} flow(s)", users.len()),
-            )
-            .with_details(json!({ "flowIds": users })));
-        }
+        super::common::refuse_if_used(&defs, &caller.owner_id, "Device", id, |f| {
+            f.flow.device_ids.contains(&id)
+        })?;
     }
     app.registry.apply(vec![Change::DeleteDevice(id)]).await?;
     Ok(message(format!("Device {id} deleted")))

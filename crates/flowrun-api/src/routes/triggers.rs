@@ -12,7 +12,7 @@ use flowrun_core::model::{ScheduleRule, Trigger};
 use flowrun_core::validate::{Field, Obj, Req, type_name};
 use flowrun_core::{FieldErrors, Ts, conditions, new_id, schedule, timezones};
 use flowrun_store::Change;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -155,19 +155,9 @@ async fn delete_trigger(
         let defs = app.registry.read();
         defs.trigger(&caller.owner_id, id)
             .ok_or_else(|| ApiError::not_found("Trigger", &raw))?;
-        let mut users: Vec<_> = defs
-            .live_flows(&caller.owner_id)
-            .filter(|f| f.flow.trigger_id == id)
-            .map(|f| f.flow.id)
-            .collect();
-        users.sort();
-        if !users.is_empty() {
-            return Err(ApiError::conflict(
-                "in_use",
-                format!("Trigger {id} is used by {} flow(s)", users.len()),
-            )
-            .with_details(json!({ "flowIds": users })));
-        }
+        super::common::refuse_if_used(&defs, &caller.owner_id, "Trigger", id, |f| {
+            f.flow.trigger_id == id
+        })?;
     }
     app.registry.apply(vec![Change::DeleteTrigger(id)]).await?;
     Ok(message(format!("Trigger {id} deleted")))
@@ -567,6 +557,7 @@ impl jsonschema::Retrieve for NoRemote {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn caller() -> Caller {
         Caller {
