@@ -13,6 +13,7 @@ pub mod keys;
 pub mod model;
 pub mod params;
 pub mod schedule;
+pub mod templates;
 pub mod time;
 pub mod timezones;
 pub mod validate;
