@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::Row;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 
 use crate::{
     ApiKeyRecord, Doc, DocKind, DocWrite, IDEMPOTENCY_STALE_MS, IDEMPOTENCY_TTL_MS, IdemBegin,
@@ -13,8 +13,8 @@ use crate::{
 };
 
 pub struct PgStore {
-    writer: PgPool,
-    reader: PgPool,
+    pub(crate) writer: PgPool,
+    pub(crate) reader: PgPool,
 }
 
 impl PgStore {
@@ -123,28 +123,7 @@ impl Store for PgStore {
         let now = chrono::Utc::now().timestamp_millis();
         let mut tx = self.writer.begin().await?;
         for w in writes {
-            match &w.json {
-                Some(json) => {
-                    sqlx::query(
-            "INSERT INTO definitions (kind, id, owner_id, doc, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                         ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc, owner_id = excluded.owner_id, updated_at = excluded.updated_at",
-                    )
-                    .bind(w.kind.as_str())
-                    .bind(&w.id)
-                    .bind(&w.owner_id)
-                    .bind(json)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                None => {
-                    sqlx::query("DELETE FROM definitions WHERE kind = $1 AND id = $2")
-                        .bind(w.kind.as_str())
-                        .bind(&w.id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
+            write_doc(&mut tx, w, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -233,4 +212,32 @@ impl Store for PgStore {
         .await?;
         Ok(())
     }
+}
+
+/// One definition write inside the caller's transaction (shared by `write_docs` and
+/// `insert_executions`).
+pub(crate) async fn write_doc(conn: &mut PgConnection, w: &DocWrite, now: i64) -> Result<()> {
+    match &w.json {
+        Some(json) => {
+            sqlx::query(
+                "INSERT INTO definitions (kind, id, owner_id, doc, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc, owner_id = excluded.owner_id, updated_at = excluded.updated_at",
+            )
+            .bind(w.kind.as_str())
+            .bind(&w.id)
+            .bind(&w.owner_id)
+            .bind(json)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM definitions WHERE kind = $1 AND id = $2")
+                .bind(w.kind.as_str())
+                .bind(&w.id)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
 }

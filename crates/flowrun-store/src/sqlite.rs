@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 
 use crate::{
@@ -18,8 +19,8 @@ use crate::{
 };
 
 pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(crate) writer: SqlitePool,
+    pub(crate) reader: SqlitePool,
 }
 
 impl SqliteStore {
@@ -138,28 +139,7 @@ impl Store for SqliteStore {
         let now = chrono::Utc::now().timestamp_millis();
         let mut tx = self.writer.begin().await?;
         for w in writes {
-            match &w.json {
-                Some(json) => {
-                    sqlx::query(
-                        "INSERT INTO definitions (kind, id, owner_id, doc, updated_at) VALUES (?, ?, ?, ?, ?) \
-                         ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc, owner_id = excluded.owner_id, updated_at = excluded.updated_at",
-                    )
-                    .bind(w.kind.as_str())
-                    .bind(&w.id)
-                    .bind(&w.owner_id)
-                    .bind(json)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                None => {
-                    sqlx::query("DELETE FROM definitions WHERE kind = ? AND id = ?")
-                        .bind(w.kind.as_str())
-                        .bind(&w.id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
+            write_doc(&mut tx, w, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -248,4 +228,32 @@ impl Store for SqliteStore {
         .await?;
         Ok(())
     }
+}
+
+/// One definition write inside the caller's transaction (shared by `write_docs` and
+/// `insert_executions`).
+pub(crate) async fn write_doc(conn: &mut SqliteConnection, w: &DocWrite, now: i64) -> Result<()> {
+    match &w.json {
+        Some(json) => {
+            sqlx::query(
+                "INSERT INTO definitions (kind, id, owner_id, doc, updated_at) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc, owner_id = excluded.owner_id, updated_at = excluded.updated_at",
+            )
+            .bind(w.kind.as_str())
+            .bind(&w.id)
+            .bind(&w.owner_id)
+            .bind(json)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM definitions WHERE kind = ? AND id = ?")
+                .bind(w.kind.as_str())
+                .bind(&w.id)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
 }
