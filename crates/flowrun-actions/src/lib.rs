@@ -1,1 +1,173 @@
-//! flowrun-actions
+//! flowrun-actions: the steps that reach outside the engine — outbound webhooks and device
+//! providers (ADB phones, Mobilerun cloud devices) — behind one [`StepExecutor`] trait.
+//!
+//! The engine runs the `flow.*` steps itself and hands every other method here together with
+//! a cancellation token: an executor must stop promptly when it fires (abort an HTTP call,
+//! kill a child process, cancel a remote task) because abort promises the in-flight step ends
+//! within milliseconds.
+
+pub mod adb;
+
+use async_trait::async_trait;
+use flowrun_core::execution::{DeviceSnap, Verdict};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Why a step failed (§5.13); also the flow's `lastFailureCode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    DeviceNotFound,
+    PermissionDenied,
+    ClientError,
+    Transient,
+    Logic,
+    InvalidConfig,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::DeviceNotFound => "device_not_found",
+            FailureClass::PermissionDenied => "permission_denied",
+            FailureClass::ClientError => "client_error",
+            FailureClass::Transient => "transient",
+            FailureClass::Logic => "logic",
+            FailureClass::InvalidConfig => "invalid_config",
+        }
+    }
+
+    /// Classes that block a flow at once instead of counting towards the threshold.
+    pub fn blocks_at_once(self) -> bool {
+        matches!(
+            self,
+            FailureClass::DeviceNotFound
+                | FailureClass::PermissionDenied
+                | FailureClass::InvalidConfig
+        )
+    }
+}
+
+/// A failed step: its class and a message (`StepResult.error` = `"<class>: <message>"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepFailure {
+    pub class: FailureClass,
+    pub message: String,
+}
+
+impl StepFailure {
+    pub fn new(class: FailureClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.class.as_str(), self.message)
+    }
+}
+
+/// What a successful step produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepOutput {
+    /// The method's output (catalog `outputSchema`).
+    pub body: Value,
+    /// Provider task / agent run id.
+    pub session_id: Option<String>,
+    pub verdict: Option<Verdict>,
+}
+
+/// One step to run outside the engine.
+#[derive(Clone, Debug)]
+pub struct StepCall<'a> {
+    pub owner_id: &'a str,
+    pub execution_id: Uuid,
+    pub flow_id: Uuid,
+    pub step_key: &'a str,
+    pub method: &'a str,
+    /// Resolved and validated params.
+    pub params: &'a Value,
+    /// The execution's device (None for device-free runs).
+    pub device: Option<&'a DeviceSnap>,
+}
+
+#[async_trait]
+pub trait StepExecutor: Send + Sync + 'static {
+    /// Runs the step; returns promptly after `cancel` fires (the result is then discarded).
+    async fn execute(
+        &self,
+        call: StepCall<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutput, StepFailure>;
+}
+
+/// The executor of this build: device steps through their device's provider; effects that
+/// are not available yet fail with a configuration error that names what is missing, never
+/// silently succeed.
+#[derive(Clone, Debug)]
+pub struct Effects {
+    pub adb: adb::Adb,
+    /// Mobilerun cloud API key (`FLOWRUN_MOBILERUN_API_KEY`); without one, steps on
+    /// `mobilerun` devices fail `permission_denied` (§5.12).
+    pub mobilerun_api_key: Option<String>,
+}
+
+impl Default for Effects {
+    fn default() -> Self {
+        Self {
+            adb: adb::Adb::new("adb"),
+            mobilerun_api_key: None,
+        }
+    }
+}
+
+#[async_trait]
+impl StepExecutor for Effects {
+    async fn execute(
+        &self,
+        call: StepCall<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutput, StepFailure> {
+        if call.method == "webhooks.send" {
+            return Err(StepFailure::new(
+                FailureClass::InvalidConfig,
+                format!(
+                    "unknown_webhook: webhook endpoint {} does not exist",
+                    call.params
+                        .get("webhookId")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                ),
+            ));
+        }
+        let Some(device) = call.device else {
+            return Err(StepFailure::new(
+                FailureClass::DeviceNotFound,
+                format!("{} needs a device and the execution has none", call.method),
+            ));
+        };
+        match device.provider.as_str() {
+            "adb" => match self
+                .adb
+                .execute(&device.address, call.method, call.params, cancel)
+                .await?
+            {
+                Some(out) => Ok(out),
+                None => Err(StepFailure::new(FailureClass::Transient, "cancelled")),
+            },
+            "mobilerun" if self.mobilerun_api_key.is_none() => Err(StepFailure::new(
+                FailureClass::PermissionDenied,
+                "no Mobilerun API key is configured (FLOWRUN_MOBILERUN_API_KEY)",
+            )),
+            other => Err(StepFailure::new(
+                FailureClass::InvalidConfig,
+                format!(
+                    "unsupported_provider: the '{other}' provider is not available in this build"
+                ),
+            )),
+        }
+    }
+}

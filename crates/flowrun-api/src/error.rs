@@ -152,6 +152,15 @@ impl From<flowrun_store::StoreError> for ApiError {
     }
 }
 
+impl From<flowrun_engine::EngineError> for ApiError {
+    fn from(e: flowrun_engine::EngineError) -> Self {
+        match e {
+            flowrun_engine::EngineError::ShuttingDown => ApiError::unavailable(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({ "error": self.message, "code": self.code });

@@ -23,6 +23,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
+use flowrun_engine::Engine;
 use flowrun_store::{Registry, Store};
 use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
@@ -54,6 +55,7 @@ impl Default for ApiConfig {
 pub struct AppInner {
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
+    pub engine: Arc<Engine>,
     pub keys: auth::KeyCache,
     pub config: ApiConfig,
 }
@@ -70,10 +72,16 @@ impl Deref for App {
 }
 
 impl App {
-    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, config: ApiConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        engine: Arc<Engine>,
+        config: ApiConfig,
+    ) -> Self {
         App(Arc::new(AppInner {
             store,
             registry,
+            engine,
             keys: auth::KeyCache::default(),
             config,
         }))

@@ -207,9 +207,7 @@ impl Query {
 }
 
 /// Case folding for search (§1.8): a case-insensitive substring match.
-pub fn fold(s: &str) -> String {
-    s.to_lowercase()
-}
+pub use flowrun_core::search::fold;
 
 /// Whether any of the fields contains the (already folded) needle.
 pub fn matches_search(needle: &str, fields: &[Option<&str>]) -> bool {

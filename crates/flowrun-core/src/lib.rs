@@ -7,12 +7,14 @@
 
 pub mod catalog;
 pub mod conditions;
+pub mod execution;
 pub mod flowtree;
 pub mod ids;
 pub mod keys;
 pub mod model;
 pub mod params;
 pub mod schedule;
+pub mod search;
 pub mod templates;
 pub mod time;
 pub mod timezones;

@@ -173,6 +173,20 @@ pub struct Overrides {
 pub struct FlowRecord {
     pub flow: Flow,
     pub nodes: Vec<FlowAction>,
+    /// Cooldown windows (never on the wire; kept with the flow so they survive restarts).
+    #[serde(default)]
+    #[schema(ignore)]
+    pub gates: GateState,
+}
+
+/// Open cooldown windows of a flow (§5.6), as end instants in ms since the epoch.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GateState {
+    /// Scope `flow`: the window's end.
+    pub cooldown_until: Option<i64>,
+    /// Scope `device`: per device id (`""` = the null device), the window's end.
+    pub device_cooldown_until: std::collections::BTreeMap<String, i64>,
 }
 
 impl FlowRecord {

@@ -1,1 +1,222 @@
-//! flowrun-engine
+//! flowrun-engine: turns firings into execution rows and runs them.
+//!
+//! - [`enqueue`]: fan-out and gates, batched into one transaction per batch of firings.
+//! - [`worker`]: the dispatcher that claims `pending` rows under a lease (woken at once on
+//!   enqueue, polling only as a fallback), the step loop, abort signalling, the lease
+//!   heartbeat and the reaper that re-queues rows of a crashed node.
+//! - [`health`]: flow health after a terminal live run.
+//!
+//! The store is the authority for every status; the engine's in-memory maps (running rows,
+//! their cancellation tokens, busy devices) only speed up signalling on this node.
+
+pub mod enqueue;
+pub mod health;
+pub mod snapshot;
+pub mod view;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flowrun_actions::StepExecutor;
+use flowrun_core::Ts;
+use flowrun_store::{AbortOutcome, ExecutionRow, Registry, Store, StoreError};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use enqueue::{EventInfo, Firing, FiringOutcome, Origin};
+
+/// Engine settings (flags / `FLOWRUN_*` environment of `flowrun serve`).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Executions run at once on this node.
+    pub workers: usize,
+    /// A claimed row's lease; renewed every `lease / 6`.
+    pub lease: Duration,
+    /// Attempts before a row whose worker keeps vanishing ends `failed`.
+    pub max_attempts: i32,
+    /// Consecutive failures that block a flow (§5.13).
+    pub failure_threshold: i64,
+    /// Per-flow rate limit (executions per minute; 0 = none).
+    pub flow_rate_limit_per_minute: u32,
+    /// Fallback poll of the queue (other nodes' enqueues, missed wake-ups).
+    pub poll_interval: Duration,
+    /// Only this process uses the store (SQLite): rows left `running` by a previous process
+    /// are reclaimed at start instead of after their lease expires.
+    pub exclusive_store: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            workers: 64,
+            lease: Duration::from_secs(30),
+            max_attempts: 3,
+            failure_threshold: 5,
+            flow_rate_limit_per_minute: 60,
+            poll_interval: Duration::from_millis(250),
+            exclusive_store: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("store error: {0}")]
+    Store(String),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Store(e.to_string())
+    }
+}
+
+/// A row this node is running.
+pub(crate) struct RunningEntry {
+    pub cancel: CancellationToken,
+    pub device: Option<Uuid>,
+}
+
+/// State shared by the engine's tasks.
+pub(crate) struct Shared {
+    pub registry: Arc<Registry>,
+    pub store: Arc<dyn Store>,
+    pub config: EngineConfig,
+    pub executor: Arc<dyn StepExecutor>,
+    /// This process's lease owner id.
+    pub node_id: String,
+    /// Wakes the dispatcher (new pending rows, a device or worker slot freed).
+    pub wake: Notify,
+    pub running: Mutex<HashMap<Uuid, RunningEntry>>,
+    /// Aborts that found no running entry here: a claim racing the abort must not start the
+    /// row. Guarded by the `running` lock's discipline (both taken together in order).
+    pub recent_aborts: Mutex<HashMap<Uuid, std::time::Instant>>,
+    pub writer: mpsc::UnboundedSender<worker::WriteRequest>,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub fn running(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, RunningEntry>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn recent_aborts(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, std::time::Instant>> {
+        self.recent_aborts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the row was aborted before its run was registered (call with `running` held).
+    pub fn take_recent_abort(&self, id: Uuid) -> bool {
+        self.recent_aborts().remove(&id).is_some()
+    }
+
+    /// Signals the run of a cancelled row: cancels its token, or remembers the abort when
+    /// the row is not (yet) registered here.
+    pub fn signal_abort(&self, id: Uuid) {
+        let running = self.running();
+        if let Some(entry) = running.get(&id) {
+            entry.cancel.cancel();
+            return;
+        }
+        let mut recent = self.recent_aborts();
+        let now = std::time::Instant::now();
+        recent.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+        recent.insert(id, now);
+    }
+}
+
+/// The running engine of one node.
+pub struct Engine {
+    shared: Arc<Shared>,
+    firings: mpsc::Sender<enqueue::FiringRequest>,
+}
+
+impl Engine {
+    /// Starts the enqueuer, the dispatcher, the heartbeat and the reaper.
+    pub async fn start(
+        registry: Arc<Registry>,
+        config: EngineConfig,
+        executor: Arc<dyn StepExecutor>,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let store = registry.store().clone();
+        let (writer, writes) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            registry,
+            store,
+            config,
+            executor,
+            node_id: format!("node-{}", Uuid::new_v4()),
+            wake: Notify::new(),
+            running: Mutex::new(HashMap::new()),
+            recent_aborts: Mutex::new(HashMap::new()),
+            writer,
+            shutdown: CancellationToken::new(),
+        });
+        if shared.config.exclusive_store {
+            worker::reap(&shared, true).await?;
+        }
+        let (firings, firing_rx) = mpsc::channel(4096);
+        tokio::spawn(worker::run_writer(shared.clone(), writes));
+        tokio::spawn(enqueue::run_enqueuer(shared.clone(), firing_rx));
+        tokio::spawn(worker::run_dispatcher(shared.clone()));
+        tokio::spawn(worker::run_heartbeat(shared.clone()));
+        Ok(Arc::new(Engine { shared, firings }))
+    }
+
+    /// Fans a firing out and commits its rows; returns once they are durable.
+    pub async fn submit(&self, firing: Firing) -> Result<FiringOutcome, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.firings
+            .send((firing, tx))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Aborts a row (§5.8): the store decides; a run held by this node is signalled at once.
+    pub async fn abort(&self, owner_id: &str, id: Uuid) -> Result<AbortOutcome, EngineError> {
+        let now = Ts::now();
+        let outcome = self
+            .shared
+            .store
+            .abort_execution(owner_id, id, now.millis(), &move |row: &ExecutionRow| {
+                flowrun_core::execution::ExecState::parse(&row.state)
+                    .cancelled(now)
+                    .to_json()
+            })
+            .await?;
+        if let AbortOutcome::Cancelled(_) = &outcome {
+            self.shared.signal_abort(id);
+        }
+        Ok(outcome)
+    }
+
+    /// Stops claiming new rows. Rows in flight keep their lease and are reclaimed after a
+    /// restart.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        self.shared.wake.notify_one();
+    }
+
+    /// Rows running on this node now.
+    pub fn running_count(&self) -> usize {
+        self.shared.running().len()
+    }
+
+    /// Devices leased by a run on this node (`Device.state: "busy"`).
+    pub fn busy_devices(&self) -> Vec<Uuid> {
+        self.shared
+            .running()
+            .values()
+            .filter_map(|e| e.device)
+            .collect()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+}

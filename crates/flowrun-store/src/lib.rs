@@ -7,15 +7,22 @@
 //! in the store.
 
 mod canonical;
+pub mod executions;
+mod pg_exec;
 mod postgres;
 mod registry;
 mod sqlite;
+mod sqlite_exec;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 pub use canonical::canonical_json;
+pub use executions::{
+    AbortOutcome, ExecFilter, ExecMetrics, ExecOrder, ExecOrderBy, ExecUpdate, ExecutionRow,
+    ExecutionStore, ReapOutcome,
+};
 pub use registry::{Change, Defs, Registry};
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +128,7 @@ pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 pub const IDEMPOTENCY_STALE_MS: i64 = 5 * 60 * 1000;
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ExecutionStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 

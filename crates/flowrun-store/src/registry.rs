@@ -106,6 +106,16 @@ impl Registry {
 
     /// Commits the changes to the store in one transaction, then to memory.
     pub async fn apply(&self, changes: Vec<Change>) -> Result<()> {
+        self.apply_with_executions(changes, &[]).await
+    }
+
+    /// Commits the changes and new execution rows in one transaction, then the changes to
+    /// memory (enqueue: rows plus the flows' new gate state and `lastTriggeredAt`).
+    pub async fn apply_with_executions(
+        &self,
+        changes: Vec<Change>,
+        rows: &[crate::ExecutionRow],
+    ) -> Result<()> {
         let mut writes = Vec::with_capacity(changes.len());
         for c in &changes {
             writes.push(match c {
@@ -118,7 +128,11 @@ impl Registry {
                 Change::DeleteDevice(id) => del(DocKind::Device, *id),
             });
         }
-        self.store.write_docs(&writes).await?;
+        if rows.is_empty() {
+            self.store.write_docs(&writes).await?;
+        } else {
+            self.store.insert_executions(rows, &writes).await?;
+        }
         let mut defs = self.defs.write().unwrap_or_else(|e| e.into_inner());
         for c in changes {
             match c {

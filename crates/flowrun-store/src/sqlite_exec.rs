@@ -52,19 +52,12 @@ fn exec_from_row(r: &SqliteRow) -> Result<ExecutionRow> {
     })
 }
 
-/// Calls one of the trait's state callbacks (`cancelled_state`, `failed_state`) on a row.
-///
-/// `#[async_trait]` names every elided lifetime of a method's parameters, including the one
-/// inside `&(dyn Fn(&ExecutionRow) -> String + …)`: the callback then accepts only a
-/// reference living as long as a lifetime parameter of the method, which no row read inside
-/// the method does. Until the trait spells the parameter `dyn for<'r> Fn(&'r ExecutionRow)
-/// -> …` (after which this is `f(row)`), the row is passed as a leaked copy; only aborts and
-/// reaper failures call this.
-pub(crate) fn call_state<'a>(
-    f: &(dyn Fn(&'a ExecutionRow) -> String + Send + Sync),
+/// Computes a row's new state with the caller's function.
+pub(crate) fn call_state(
+    f: &(dyn for<'r> Fn(&'r ExecutionRow) -> String + Send + Sync),
     row: &ExecutionRow,
 ) -> String {
-    f(Box::leak(Box::new(row.clone())))
+    f(row)
 }
 
 fn execs_from_rows(rows: &[SqliteRow]) -> Result<Vec<ExecutionRow>> {

@@ -4,10 +4,14 @@
 //! before anything starts, so a bad setting fails at once with a clear message.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use flowrun_actions::Effects;
+use flowrun_actions::adb::Adb;
 use flowrun_api::{ApiConfig, App};
+use flowrun_engine::{Engine, EngineConfig};
 use flowrun_store::Registry;
 
 #[derive(Parser)]
@@ -55,6 +59,25 @@ struct ServeArgs {
     /// Maximum non-archived flows per owner and agent bucket (unlimited when unset).
     #[arg(long, env = "FLOWRUN_ROUTINE_LIMIT")]
     routine_limit: Option<u64>,
+    /// Executions run at once by this node.
+    #[arg(long, env = "FLOWRUN_WORKERS", default_value_t = 64)]
+    workers: usize,
+    /// Lease of a claimed execution in seconds (renewed every sixth of it; a node silent
+    /// for longer loses its runs to another node).
+    #[arg(long, env = "FLOWRUN_LEASE_SECONDS", default_value_t = 30)]
+    lease_seconds: u64,
+    /// Consecutive failures that block a flow.
+    #[arg(long, env = "FLOWRUN_FAILURE_THRESHOLD", default_value_t = 5)]
+    failure_threshold: i64,
+    /// Per-flow rate limit in executions per minute (0 = none).
+    #[arg(long, env = "FLOWRUN_FLOW_RATE_LIMIT", default_value_t = 60)]
+    flow_rate_limit: u32,
+    /// The `adb` executable for `adb` devices.
+    #[arg(long, env = "FLOWRUN_ADB", default_value = "adb")]
+    adb: String,
+    /// Mobilerun cloud API key for `mobilerun` devices.
+    #[arg(long, env = "FLOWRUN_MOBILERUN_API_KEY", hide_env_values = true)]
+    mobilerun_api_key: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -110,9 +133,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("loading definitions")?,
     );
+    let engine = Engine::start(
+        registry.clone(),
+        EngineConfig {
+            workers: args.workers.max(1),
+            lease: Duration::from_secs(args.lease_seconds.max(1)),
+            failure_threshold: args.failure_threshold.max(1),
+            flow_rate_limit_per_minute: args.flow_rate_limit,
+            // SQLite is one process's file: rows left running were this node's.
+            exclusive_store: store.backend() == "sqlite",
+            ..EngineConfig::default()
+        },
+        Arc::new(Effects {
+            adb: Adb::new(&args.adb),
+            mobilerun_api_key: args.mobilerun_api_key.clone(),
+        }),
+    )
+    .await
+    .context("starting the engine")?;
     let app = App::new(
         store.clone(),
         registry,
+        engine.clone(),
         ApiConfig {
             body_limit: args.body_limit,
             routine_limit: args.routine_limit,
@@ -140,5 +182,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::io::stdout().flush().ok();
     tracing::info!(%addr, store = store.backend(), "listening");
     flowrun_api::serve(listener, app).await?;
+    engine.shutdown();
     Ok(())
 }

@@ -42,6 +42,7 @@ async fn list_devices(
     let search = q.search();
     let page = q.page();
     q.finish()?;
+    let busy = app.engine.busy_devices();
     let defs = app.registry.read();
     let mut items: Vec<&Device> = defs
         .devices
@@ -49,7 +50,16 @@ async fn list_devices(
         .map(|d| d.as_ref())
         .filter(|d| d.owner_id == caller.owner_id)
         .filter(|d| provider.as_ref().is_none_or(|p| p.contains(&d.provider)))
-        .filter(|d| state.as_ref().is_none_or(|s| s.contains(&d.state)))
+        .filter(|d| {
+            let effective = if busy.contains(&d.id) {
+                "busy"
+            } else {
+                d.state.as_str()
+            };
+            state
+                .as_ref()
+                .is_none_or(|s| s.iter().any(|x| x == effective))
+        })
         .filter(|d| {
             search
                 .as_ref()
@@ -57,6 +67,7 @@ async fn list_devices(
         })
         .collect();
     items.sort_by(|a, b| ordered(a.created_at.cmp(&b.created_at), &a.id, &b.id, true));
+    let items: Vec<Device> = items.into_iter().map(|d| with_lease(d, &busy)).collect();
     Ok(ok(paginate(&items, page)))
 }
 
@@ -101,6 +112,15 @@ async fn create_device(
     Ok(created(device))
 }
 
+/// A device as read: `busy` while a run holds its lease (§4.10).
+fn with_lease(d: &Device, busy: &[uuid::Uuid]) -> Device {
+    let mut d = d.clone();
+    if busy.contains(&d.id) {
+        d.state = "busy".to_string();
+    }
+    d
+}
+
 fn check_unique(
     app: &App,
     caller: &Caller,
@@ -139,7 +159,7 @@ async fn get_device(
     let d = defs
         .device(&caller.owner_id, id)
         .ok_or_else(|| ApiError::not_found("Device", &raw))?;
-    Ok(data(d.as_ref()))
+    Ok(data(with_lease(d, &app.engine.busy_devices())))
 }
 
 /// Rename a device or change its address.

@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::common::schema::{DataOf, ErrorBody, ListOf, Message};
-use super::common::{Caller, Extension, created, data, message, ok, path_id};
+use super::common::{Caller, Extension, accepted, created, data, message, ok, path_id};
 use crate::App;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ApiResult};
@@ -35,6 +35,7 @@ pub fn router() -> OpenApiRouter<App> {
         .routes(routes!(get_flow, update_flow, archive_flow))
         .routes(routes!(clone_flow))
         .routes(routes!(unblock_flow))
+        .routes(routes!(run_flow))
         .routes(routes!(list_repairs))
         .routes(routes!(delivery_options))
 }
@@ -531,7 +532,11 @@ fn build_flow(defs: &Defs, caller: &Caller, body: &Value) -> ApiResult<FlowRecor
     };
     apply_settings(&mut flow, settings);
     let nodes = flowtree::materialize(&specs, flow.id, None, now);
-    Ok(FlowRecord { flow, nodes })
+    Ok(FlowRecord {
+        flow,
+        nodes,
+        gates: Default::default(),
+    })
 }
 
 /// Routine capacity of an agent bucket.
@@ -654,6 +659,10 @@ async fn archive_flow(
         rec.flow.archived_at = Some(now);
         touch(&mut rec.flow);
         app.registry.apply(vec![Change::PutFlow(rec)]).await?;
+        // Pending runs never start (running ones finish normally).
+        app.store
+            .skip_pending_of_flow(id, "archived", now.millis())
+            .await?;
     }
     Ok(message(format!("Flow {id} archived")))
 }
@@ -722,7 +731,11 @@ fn clone_record(
     flow.created_at = now;
     flow.updated_at = now;
     let nodes = flowtree::clone_nodes(&source.nodes, flow.id, now);
-    Ok(FlowRecord { flow, nodes })
+    Ok(FlowRecord {
+        flow,
+        nodes,
+        gates: Default::default(),
+    })
 }
 
 /// Clear a flow's blocked state.
@@ -797,5 +810,77 @@ async fn delivery_options(
             destination("one_drive", "OneDrive", "not_connected"),
             destination("google_drive", "Google Drive", "not_connected"),
         ],
+    }))
+}
+
+/// Run a flow now on every bound device, whatever its trigger (conditions are not evaluated).
+#[utoipa::path(post, path = "/flows/{flowId}/run", tag = "flows",
+    params(("flowId" = String, Path)),
+    request_body = inline(Object),
+    responses((status = 202, body = DataOf<flowrun_core::execution::FlowRunResult>),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn run_flow(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
+    Path(raw): Path<String>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Response> {
+    let (rec, trigger) = {
+        let defs = app.registry.read();
+        let rec = live_flow(&defs, &caller, &raw)?;
+        let trigger = defs.trigger(&caller.owner_id, rec.flow.trigger_id).cloned();
+        (rec, trigger)
+    };
+    let mut errs = FieldErrors::new();
+    let Some(o) = Obj::root(&body, &mut errs) else {
+        return Err(ApiError::validation(errs));
+    };
+    let payload = match o.object("payload", Req::Optional, &mut errs) {
+        Field::Value(p) => Value::Object(p.clone()),
+        _ => json!({}),
+    };
+    let capture = match o.boolean("captureScreenshots", Req::Optional, &mut errs) {
+        Field::Value(b) => b,
+        _ => false,
+    };
+    errs.into_result().map_err(ApiError::validation)?;
+    let Some(trigger) = trigger else {
+        return Err(ApiError::conflict(
+            "trigger_missing",
+            format!(
+                "Flow {} is bound to a trigger that no longer exists",
+                rec.flow.id
+            ),
+        ));
+    };
+    if trigger.activation == "custom" {
+        super::triggers::check_custom_payload(&trigger, &payload)?;
+    }
+    let invocation_id = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    let outcome = app
+        .engine
+        .submit(flowrun_engine::Firing {
+            owner_id: caller.owner_id.clone(),
+            actor_id: Some(caller.actor_id.clone()),
+            origin: flowrun_engine::Origin::Run,
+            trigger_id: trigger.id,
+            only_flow: Some(rec.flow.id),
+            payload,
+            invocation_id: Some(invocation_id),
+            dedupe_invocation: false,
+            event: None,
+            schedule: Value::Null,
+            verify_device: None,
+            capture_screenshots: capture,
+        })
+        .await?;
+    Ok(accepted(flowrun_core::execution::FlowRunResult {
+        enqueued_count: outcome.enqueued.len() as i64,
+        execution_ids: outcome.enqueued,
     }))
 }

@@ -5,6 +5,7 @@ pub mod actions;
 pub mod catalog;
 pub mod common;
 pub mod devices;
+pub mod executions;
 pub mod flow_actions;
 pub mod flows;
 pub mod ops;
@@ -24,5 +25,6 @@ pub fn api_router() -> OpenApiRouter<App> {
         .merge(flows::router())
         .merge(flow_actions::router())
         .merge(devices::router())
+        .merge(executions::router())
         .merge(timezones::router())
 }

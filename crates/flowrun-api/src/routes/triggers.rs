@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<App> {
     OpenApiRouter::new()
         .routes(routes!(list_triggers, create_trigger))
         .routes(routes!(get_trigger, update_trigger, delete_trigger))
+        .routes(routes!(fire_trigger))
 }
 
 const ACTIVATIONS: [&str; 3] = ["event", "schedule", "custom"];
@@ -497,6 +498,118 @@ fn read_event_type(o: &Obj, errs: &mut FieldErrors) -> Field<String> {
 fn next_fire(t: &Trigger, rule: &ScheduleRule, after: DateTime<Utc>) -> Option<Ts> {
     schedule::next_fire_time(t.id, rule, t.timezone.as_deref(), t.created_at.0, after)
         .map(|(_, fire)| Ts(fire))
+}
+
+/// Fire a custom trigger: fans out to every enabled bound flow and device.
+#[utoipa::path(post, path = "/triggers/{triggerId}/fire", tag = "triggers",
+    params(("triggerId" = String, Path)),
+    request_body = inline(Object),
+    responses((status = 202, body = flowrun_core::execution::TriggerFireResult),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+async fn fire_trigger(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
+    Path(raw): Path<String>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Response> {
+    use axum::http::{HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+    let id = path_id("Trigger", &raw)?;
+    let trigger = app
+        .registry
+        .read()
+        .trigger(&caller.owner_id, id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("Trigger", &raw))?;
+    if trigger.activation != "custom" {
+        return Err(ApiError::conflict(
+            "trigger_not_custom",
+            format!(
+                "Trigger {id} is a {} trigger; only custom triggers can be fired",
+                trigger.activation
+            ),
+        ));
+    }
+    let payload = match body.get("payload") {
+        None | Some(Value::Null) => {
+            return Err(ApiError::field(
+                "payload",
+                "required",
+                "payload is required",
+            ));
+        }
+        Some(p @ Value::Object(_)) => p.clone(),
+        Some(other) => {
+            return Err(ApiError::field(
+                "payload",
+                "invalid_type",
+                format!("payload must be an object, got {}", type_name(other)),
+            ));
+        }
+    };
+    check_custom_payload(&trigger, &payload)?;
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let invocation_id = key
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let outcome = app
+        .engine
+        .submit(flowrun_engine::Firing {
+            owner_id: caller.owner_id.clone(),
+            actor_id: Some(caller.actor_id.clone()),
+            origin: flowrun_engine::Origin::Fire,
+            trigger_id: id,
+            only_flow: None,
+            payload,
+            invocation_id: Some(invocation_id.clone()),
+            dedupe_invocation: key.is_some(),
+            event: None,
+            schedule: Value::Null,
+            verify_device: None,
+            capture_screenshots: false,
+        })
+        .await?;
+    let deduplicated = key.is_some() && outcome.deduplicated;
+    let result = flowrun_core::execution::TriggerFireResult {
+        deduplicated,
+        enqueued_count: outcome.enqueued.len() as i64,
+        invocation_id,
+    };
+    let mut resp = (StatusCode::ACCEPTED, axum::Json(result)).into_response();
+    if deduplicated {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+/// 422 when a payload fails the trigger's `customPayloadSchema` (paths under `payload`).
+pub(crate) fn check_custom_payload(trigger: &Trigger, payload: &Value) -> ApiResult<()> {
+    let Some(schema) = &trigger.custom_payload_schema else {
+        return Ok(());
+    };
+    let validator = compile_payload_schema(schema).map_err(ApiError::internal)?;
+    let mut errs = FieldErrors::new();
+    for e in validator.iter_errors(payload) {
+        let pointer = e.instance_path.to_string();
+        let mut field = String::from("payload");
+        for seg in pointer.split('/').skip(1) {
+            let seg = seg.replace("~1", "/").replace("~0", "~");
+            if seg.parse::<usize>().is_ok() {
+                field.push_str(&format!("[{seg}]"));
+            } else {
+                field.push('.');
+                field.push_str(&seg);
+            }
+        }
+        errs.push(field, "invalid_payload", e.to_string());
+    }
+    errs.into_result().map_err(ApiError::validation)
 }
 
 /// Compiles a custom payload schema (§5.1): dialect from `$schema` (2020-12 by default,

@@ -1,0 +1,456 @@
+//! Fan-out and gates (§5.5, §5.6): turns a firing (fire, run, verify, and later events and
+//! schedules) into execution rows, `pending` or `skipped` with a reason.
+//!
+//! Firings are queued to one task that takes them in batches: every firing of a batch is
+//! planned against the in-memory definitions (later firings see the cooldown windows the
+//! earlier ones opened), then all rows and the touched flows (gate state, `lastTriggeredAt`)
+//! are committed in one transaction. Throughput therefore does not collapse to one commit
+//! per request, and a 202 is only answered once its rows are durable.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use flowrun_core::execution::ExecState;
+use flowrun_core::model::FlowRecord;
+use flowrun_core::search::execution_search_text;
+use flowrun_core::{Ts, new_id};
+use flowrun_store::{Change, Defs, ExecutionRow, Registry};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::snapshot::{self, RunInputs};
+use crate::{EngineError, Shared};
+
+/// What caused a firing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Event,
+    Schedule,
+    Fire,
+    Run,
+    Verify,
+}
+
+impl Origin {
+    /// Event, schedule and fire pass every gate; run and verify are explicit requests.
+    fn automatic(self) -> bool {
+        matches!(self, Origin::Event | Origin::Schedule | Origin::Fire)
+    }
+
+    fn source(self) -> &'static str {
+        match self {
+            Origin::Event => "event",
+            Origin::Schedule => "schedule",
+            Origin::Fire => "custom",
+            Origin::Run => "run",
+            Origin::Verify => "verification",
+        }
+    }
+}
+
+/// The event that caused a firing (events only).
+#[derive(Clone, Debug)]
+pub struct EventInfo {
+    pub id: String,
+    pub event_type: String,
+    pub device_id: Option<Uuid>,
+    pub received_at: Ts,
+}
+
+/// A request to fan a trigger out to its flows.
+#[derive(Clone, Debug)]
+pub struct Firing {
+    pub owner_id: String,
+    pub actor_id: Option<String>,
+    pub origin: Origin,
+    pub trigger_id: Uuid,
+    /// `run`/`verify`: only this flow (whatever its trigger binding says).
+    pub only_flow: Option<Uuid>,
+    pub payload: Value,
+    pub invocation_id: Option<String>,
+    /// Fire with an `Idempotency-Key`: flows that already have a row with this invocation id
+    /// are skipped entirely.
+    pub dedupe_invocation: bool,
+    pub event: Option<EventInfo>,
+    /// Template root `schedule`.
+    pub schedule: Value,
+    /// `verify`: the single target device.
+    pub verify_device: Option<Uuid>,
+    pub capture_screenshots: bool,
+}
+
+/// What a firing produced.
+#[derive(Clone, Debug, Default)]
+pub struct FiringOutcome {
+    /// `pending` rows, in fan-out order.
+    pub enqueued: Vec<Uuid>,
+    /// `skipped` rows.
+    pub skipped: Vec<Uuid>,
+    /// At least one flow was skipped because it already had this invocation id.
+    pub deduplicated: bool,
+}
+
+pub(crate) type FiringRequest = (Firing, oneshot::Sender<Result<FiringOutcome, EngineError>>);
+
+/// Per-flow token buckets (§5.6): capacity = refill per minute = the configured rate.
+struct Buckets {
+    per_minute: f64,
+    by_flow: HashMap<Uuid, (f64, Instant)>,
+}
+
+impl Buckets {
+    fn level(&mut self, flow: Uuid, now: Instant) -> &mut f64 {
+        let cap = self.per_minute;
+        let (tokens, at) = self.by_flow.entry(flow).or_insert((cap, now));
+        let refill = now.duration_since(*at).as_secs_f64() * cap / 60.0;
+        *tokens = (*tokens + refill).min(cap);
+        *at = now;
+        tokens
+    }
+
+    /// Takes a token when one is left.
+    fn take(&mut self, flow: Uuid, now: Instant) -> bool {
+        if self.per_minute <= 0.0 {
+            return true;
+        }
+        let t = self.level(flow, now);
+        if *t >= 1.0 {
+            *t -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The enqueue task: batches firings into transactions.
+pub(crate) async fn run_enqueuer(shared: Arc<Shared>, mut rx: mpsc::Receiver<FiringRequest>) {
+    let mut buckets = Buckets {
+        per_minute: shared.config.flow_rate_limit_per_minute as f64,
+        by_flow: HashMap::new(),
+    };
+    let mut batch: Vec<FiringRequest> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let requests = std::mem::take(&mut batch);
+        commit_batch(&shared, &mut buckets, requests).await;
+    }
+}
+
+async fn commit_batch(shared: &Shared, buckets: &mut Buckets, requests: Vec<FiringRequest>) {
+    let registry: &Registry = &shared.registry;
+    // Dedupe lookups need the store; do them before planning.
+    let mut seen: Vec<HashSet<Uuid>> = Vec::with_capacity(requests.len());
+    for (f, _) in &requests {
+        let mut set = HashSet::new();
+        if let (true, Some(inv)) = (f.dedupe_invocation, &f.invocation_id) {
+            let candidates = {
+                let defs = registry.read();
+                bound_flows(&defs, f)
+                    .iter()
+                    .map(|r| r.flow.id)
+                    .collect::<Vec<_>>()
+            };
+            if !candidates.is_empty() {
+                match shared.store.flows_with_invocation(&candidates, inv).await {
+                    Ok(ids) => set.extend(ids),
+                    Err(e) => {
+                        fail_all(requests, e.into());
+                        return;
+                    }
+                }
+            }
+        }
+        seen.push(set);
+    }
+
+    let _guard = registry.lock().await;
+    let now = Ts::now();
+    let instant = Instant::now();
+    let mut plan = Plan::default();
+    let mut outcomes = Vec::with_capacity(requests.len());
+    {
+        let defs = registry.read();
+        let mut taken: HashSet<(Uuid, String)> = HashSet::new();
+        for ((f, _), seen) in requests.iter().zip(&seen) {
+            outcomes.push(plan_firing(
+                &defs, &mut plan, buckets, f, seen, &mut taken, now, instant,
+            ));
+        }
+    }
+    let changes: Vec<Change> = plan.flows.into_values().map(Change::PutFlow).collect();
+    let has_pending = !plan.rows.iter().all(|r| r.status != "pending");
+    match registry.apply_with_executions(changes, &plan.rows).await {
+        Ok(()) => {
+            if has_pending {
+                shared.wake.notify_one();
+            }
+            for ((_, reply), outcome) in requests.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "enqueue failed");
+            fail_all(requests, e.into());
+        }
+    }
+}
+
+fn fail_all(requests: Vec<FiringRequest>, e: EngineError) {
+    for (_, reply) in requests {
+        let _ = reply.send(Err(e.clone()));
+    }
+}
+
+/// Builds the rows of one flow of one firing.
+struct RowFactory<'a> {
+    f: &'a Firing,
+    flow_id: Uuid,
+    trigger_id: Uuid,
+    kind: &'static str,
+    flow_name: String,
+    trigger_name: String,
+    hash: String,
+    now_ms: i64,
+}
+
+impl RowFactory<'_> {
+    fn row(
+        &self,
+        device: Option<Uuid>,
+        status: &str,
+        error: Option<&str>,
+        snapshot: String,
+        state: String,
+    ) -> ExecutionRow {
+        let f = self.f;
+        ExecutionRow {
+            id: new_id(),
+            owner_id: f.owner_id.clone(),
+            flow_id: self.flow_id,
+            trigger_id: self.trigger_id,
+            kind: self.kind.to_string(),
+            status: status.to_string(),
+            device_id: device,
+            invocation_id: f.invocation_id.clone(),
+            event_id: f.event.as_ref().map(|e| e.id.clone()),
+            error: error.map(str::to_string),
+            flow_name: Some(self.flow_name.clone()),
+            trigger_name: Some(self.trigger_name.clone()),
+            created_by: f.actor_id.clone(),
+            enqueued_at: self.now_ms,
+            started_at: None,
+            finished_at: (status != "pending").then_some(self.now_ms),
+            attempt: 0,
+            lease_owner: None,
+            lease_expires_at: None,
+            graph_hash: Some(self.hash.clone()),
+            snapshot,
+            state,
+            search_text: execution_search_text(
+                Some(&self.flow_name),
+                Some(&self.trigger_name),
+                error,
+            ),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Plan {
+    rows: Vec<ExecutionRow>,
+    /// Flows changed by this batch (gate state, `lastTriggeredAt`), newest version.
+    flows: HashMap<Uuid, FlowRecord>,
+}
+
+/// The flows a firing fans out to, in a stable order.
+fn bound_flows(defs: &Defs, f: &Firing) -> Vec<Arc<FlowRecord>> {
+    if let Some(id) = f.only_flow {
+        return defs.flow(&f.owner_id, id).cloned().into_iter().collect();
+    }
+    let mut flows: Vec<Arc<FlowRecord>> = defs
+        .live_flows(&f.owner_id)
+        .filter(|r| r.flow.trigger_id == f.trigger_id)
+        .cloned()
+        .collect();
+    flows.sort_by_key(|r| (r.flow.created_at, r.flow.id));
+    flows
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_firing(
+    defs: &Defs,
+    plan: &mut Plan,
+    buckets: &mut Buckets,
+    f: &Firing,
+    already: &HashSet<Uuid>,
+    taken: &mut HashSet<(Uuid, String)>,
+    now: Ts,
+    instant: Instant,
+) -> FiringOutcome {
+    let mut out = FiringOutcome::default();
+    let Some(trigger) = defs.trigger(&f.owner_id, f.trigger_id).cloned() else {
+        return out;
+    };
+    let now_ms = now.millis();
+    let received_at = f.event.as_ref().map(|e| e.received_at).unwrap_or(now);
+    let received_at = received_at.to_rfc3339();
+    for stored in bound_flows(defs, f) {
+        let mut rec = plan
+            .flows
+            .get(&stored.flow.id)
+            .cloned()
+            .unwrap_or_else(|| (*stored).clone());
+        let flow_id = rec.flow.id;
+        if f.origin.automatic() && !rec.flow.enabled {
+            continue;
+        }
+        if let (true, Some(inv)) = (f.dedupe_invocation, &f.invocation_id)
+            && (already.contains(&flow_id) || !taken.insert((flow_id, inv.clone())))
+        {
+            out.deduplicated = true;
+            continue;
+        }
+        let steps = snapshot::steps_of(defs, &rec);
+        let needs_device = snapshot::needs_device(&steps);
+        let kind = if f.origin == Origin::Verify {
+            "verification"
+        } else {
+            "live"
+        };
+        let inputs = RunInputs {
+            source: f.origin.source(),
+            payload: &f.payload,
+            event_id: f.event.as_ref().map(|e| e.id.as_str()),
+            event_type: f.event.as_ref().map(|e| e.event_type.as_str()),
+            event_device: f.event.as_ref().and_then(|e| e.device_id),
+            received_at: &received_at,
+            schedule: f.schedule.clone(),
+            user_id: f.actor_id.as_deref(),
+            capture_screenshots: f.capture_screenshots,
+        };
+        let hash = snapshot::graph_hash(defs, &rec, &trigger);
+        let base_snap = snapshot::build(&rec, &trigger, steps, None, &inputs);
+        let rows = RowFactory {
+            f,
+            flow_id,
+            trigger_id: trigger.id,
+            kind,
+            flow_name: rec.flow.name.clone(),
+            trigger_name: trigger.name.clone(),
+            hash,
+            now_ms,
+        };
+        let skip = |plan: &mut Plan, out: &mut FiringOutcome, device: Option<Uuid>, code| {
+            let row = rows.row(device, "skipped", Some(code), "{}".into(), "{}".into());
+            out.skipped.push(row.id);
+            plan.rows.push(row);
+        };
+        let enqueue = |plan: &mut Plan, out: &mut FiringOutcome, device: Option<Uuid>| {
+            let mut snap = base_snap.clone();
+            if let Some(d) = device.and_then(|d| defs.device(&f.owner_id, d)) {
+                snap.device = Some(snapshot::device_snap(d));
+                if snap.event["deviceId"].is_null() {
+                    snap.event["deviceId"] = Value::String(d.id.to_string());
+                }
+            }
+            let state = ExecState {
+                progress: Some(snap.initial_progress()),
+                ..Default::default()
+            };
+            let snap = serde_json::to_string(&snap).expect("snapshot serialises");
+            let row = rows.row(device, "pending", None, snap, state.to_json());
+            out.enqueued.push(row.id);
+            plan.rows.push(row);
+        };
+
+        // Targets (§5.5).
+        let targets: Vec<Option<Uuid>> = if f.origin == Origin::Verify {
+            vec![f.verify_device]
+        } else if !rec.flow.device_ids.is_empty() {
+            match f.event.as_ref().and_then(|e| e.device_id) {
+                Some(d) if rec.flow.device_ids.contains(&d) => vec![Some(d)],
+                Some(_) => continue,
+                None => rec.flow.device_ids.iter().copied().map(Some).collect(),
+            }
+        } else if !needs_device {
+            vec![None]
+        } else {
+            skip(plan, &mut out, None, "no_device");
+            continue;
+        };
+        if f.origin == Origin::Verify {
+            enqueue(plan, &mut out, targets[0]);
+            continue;
+        }
+
+        let run = f.origin == Origin::Run;
+        let cooldown_ms = rec.flow.cooldown_seconds.unwrap_or(0).max(0) * 1000;
+        let device_scope = rec.flow.cooldown_scope == "device";
+        let flow_cooling = cooldown_ms > 0
+            && !device_scope
+            && rec.gates.cooldown_until.is_some_and(|u| u > now_ms);
+        let mut enqueued_here = 0;
+        for target in targets {
+            // A device deleted since the flow was bound (deletes are refused while in use,
+            // but the definition may be mid-change).
+            if target.is_some_and(|d| defs.device(&f.owner_id, d).is_none()) {
+                skip(plan, &mut out, target, "no_device");
+                continue;
+            }
+            if rec.flow.status == "blocked" {
+                skip(plan, &mut out, target, "blocked");
+                continue;
+            }
+            let device_key = target.map(|d| d.to_string()).unwrap_or_default();
+            let cooling = cooldown_ms > 0
+                && if device_scope {
+                    rec.gates
+                        .device_cooldown_until
+                        .get(&device_key)
+                        .is_some_and(|u| *u > now_ms)
+                } else {
+                    flow_cooling
+                };
+            if cooling && !run {
+                skip(plan, &mut out, target, "cooldown_active");
+                continue;
+            }
+            if !buckets.take(flow_id, instant) && !run {
+                skip(plan, &mut out, target, "rate_limited");
+                continue;
+            }
+            enqueue(plan, &mut out, target);
+            enqueued_here += 1;
+            if cooldown_ms > 0 && device_scope {
+                rec.gates
+                    .device_cooldown_until
+                    .insert(device_key, now_ms + cooldown_ms);
+            }
+        }
+        let mut changed = false;
+        if enqueued_here > 0 {
+            rec.flow.last_triggered_at = Some(now);
+            changed = true;
+            if cooldown_ms > 0 && !device_scope {
+                rec.gates.cooldown_until = Some(now_ms + cooldown_ms);
+            }
+            if device_scope {
+                // Windows that ended are dropped so the map does not grow without bound.
+                rec.gates.device_cooldown_until.retain(|_, u| *u > now_ms);
+            }
+        }
+        if changed {
+            plan.flows.insert(flow_id, rec);
+        }
+    }
+    out
+}

@@ -1,0 +1,1129 @@
+//! The queue consumer and the step loop (§5.7–§5.11).
+//!
+//! - The dispatcher claims the oldest `pending` rows whose device is free, up to the free
+//!   worker slots, and starts one task per row. It sleeps on a [`Notify`](tokio::sync::Notify)
+//!   that enqueue and finishing runs ring, with a short poll only as a fallback.
+//! - A run executes its top-level steps in order, resuming at the first step that did not
+//!   succeed (a reclaimed row never re-runs a committed step). Every write is fenced by the
+//!   lease, so after an abort (or a lost lease) the run's writes change nothing and it stops.
+//! - Writes go through one writer task that commits whatever is queued in one transaction
+//!   (group commit): a step completion waits for its commit before the next step starts.
+//! - Abort cancels the run's token: the in-flight step (`flow.wait`, executor calls) returns
+//!   at once and no further step starts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowrun_actions::{FailureClass, StepCall, StepFailure, StepOutput};
+use flowrun_core::Ts;
+use flowrun_core::catalog;
+use flowrun_core::conditions;
+use flowrun_core::execution::{
+    ExecState, ExecutionResult, SnapStep, Snapshot, StepResult, step_status,
+};
+use flowrun_core::keys;
+use flowrun_core::params;
+use flowrun_core::search::execution_search_text;
+use flowrun_core::templates::{self, LoopCtx, StepRef, TemplateScope};
+use flowrun_store::{ExecUpdate, ExecutionRow};
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::health::{self, Outcome};
+use crate::{EngineError, RunningEntry, Shared};
+
+/// One fenced write for the writer task; `reply` hears whether it applied.
+pub(crate) struct WriteRequest {
+    update: ExecUpdate,
+    reply: Option<oneshot::Sender<bool>>,
+}
+
+/// Commits queued writes in batches (one transaction per batch).
+pub(crate) async fn run_writer(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WriteRequest>) {
+    let mut updates = Vec::new();
+    let mut replies = Vec::new();
+    while let Some(first) = rx.recv().await {
+        updates.push(first.update);
+        replies.push(first.reply);
+        while updates.len() < 512 {
+            match rx.try_recv() {
+                Ok(r) => {
+                    updates.push(r.update);
+                    replies.push(r.reply);
+                }
+                Err(_) => break,
+            }
+        }
+        let applied = match shared.store.apply_exec_updates(&updates).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "execution write failed");
+                vec![false; updates.len()]
+            }
+        };
+        updates.clear();
+        for (reply, ok) in replies.drain(..).zip(applied) {
+            if let Some(r) = reply {
+                let _ = r.send(ok);
+            }
+        }
+    }
+}
+
+/// Reclaims rows of lost workers (expired leases, or at start every row of an earlier
+/// process); rows out of attempts end `failed` and count as failures for health.
+pub(crate) async fn reap(shared: &Arc<Shared>, all_others: bool) -> Result<(), EngineError> {
+    let now = Ts::now();
+    let outcome = shared
+        .store
+        .reap_executions(
+            now.millis(),
+            shared.config.max_attempts,
+            "transient: the worker running this execution was lost on every attempt",
+            &move |row: &ExecutionRow| {
+                let mut state = ExecState::parse(&row.state);
+                fail_open_steps(&mut state, now);
+                state.to_json()
+            },
+            &shared.node_id,
+            all_others,
+        )
+        .await?;
+    for row in &outcome.failed {
+        if row.kind == "live" {
+            let _ = health::record(
+                &shared.registry,
+                &row.owner_id,
+                row.flow_id,
+                Outcome::Failure { class: "transient" },
+                shared.config.failure_threshold,
+            )
+            .await;
+        }
+    }
+    if !outcome.requeued.is_empty() {
+        tracing::info!(
+            count = outcome.requeued.len(),
+            "re-queued executions of a lost worker"
+        );
+        shared.wake.notify_one();
+    }
+    Ok(())
+}
+
+/// Marks steps that were running when the worker was lost as failed (transient).
+fn fail_open_steps(state: &mut ExecState, at: Ts) {
+    if let Some(p) = &mut state.progress {
+        for s in &mut p.steps {
+            if s.status == step_status::RUNNING {
+                s.status = step_status::FAILED.into();
+                s.finished_at = Some(at);
+            } else if s.status == step_status::PENDING {
+                s.status = step_status::SKIPPED.into();
+            }
+        }
+    }
+    if let Some(r) = &mut state.result {
+        for s in &mut r.steps {
+            if s.status == step_status::RUNNING {
+                s.status = step_status::FAILED.into();
+                s.finished_at = Some(at);
+                s.error = Some("transient: worker lost".into());
+            } else if s.status == step_status::PENDING {
+                s.status = step_status::SKIPPED.into();
+            }
+        }
+    }
+}
+
+/// Renews this node's leases and reaps expired ones of other nodes.
+pub(crate) async fn run_heartbeat(shared: Arc<Shared>) {
+    let period = (shared.config.lease / 6).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        let until = Ts::now().millis() + shared.config.lease.as_millis() as i64;
+        if let Err(e) = shared.store.renew_leases(&shared.node_id, until).await {
+            tracing::warn!(error = %e, "lease renewal failed");
+        }
+        if let Err(e) = reap(&shared, false).await {
+            tracing::warn!(error = %e, "reaper failed");
+        }
+    }
+}
+
+/// Claims pending rows and starts their runs.
+pub(crate) async fn run_dispatcher(shared: Arc<Shared>) {
+    loop {
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
+        let (free, busy) = {
+            let running = shared.running();
+            let busy: Vec<Uuid> = running.values().filter_map(|e| e.device).collect();
+            (shared.config.workers.saturating_sub(running.len()), busy)
+        };
+        let mut full = false;
+        if free > 0 {
+            let now = Ts::now().millis();
+            let until = now + shared.config.lease.as_millis() as i64;
+            match shared
+                .store
+                .claim_executions(&shared.node_id, now, until, free, &busy)
+                .await
+            {
+                Ok(rows) => {
+                    full = rows.len() == free;
+                    for row in rows {
+                        start_run(&shared, row);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "claim failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        if full {
+            // Every slot got a row: there may be more; wait for a slot instead of polling.
+            tokio::select! {
+                _ = shared.wake.notified() => {}
+                _ = shared.shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(shared.config.poll_interval) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn start_run(shared: &Arc<Shared>, row: ExecutionRow) {
+    let cancel = CancellationToken::new();
+    {
+        let mut running = shared.running();
+        if shared.take_recent_abort(row.id) {
+            // Aborted between the claim and now: the store already says `cancelled`.
+            return;
+        }
+        running.insert(
+            row.id,
+            RunningEntry {
+                cancel: cancel.clone(),
+                device: row.device_id,
+            },
+        );
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let id = row.id;
+        let run = Run::new(shared.clone(), row, cancel);
+        if let Some(mut run) = run {
+            run.execute().await;
+        }
+        shared.running().remove(&id);
+        shared.wake.notify_one();
+    });
+}
+
+/// How a step ended.
+enum NodeEnd {
+    Ok,
+    /// Failed; `key` is the step that failed (a child for a body failure).
+    Failed {
+        failure: StepFailure,
+        key: String,
+        tolerated: bool,
+    },
+    /// Aborted, or the lease is gone: stop without writing.
+    Stop,
+}
+
+/// Where a step's result lives in `result.steps`.
+#[derive(Clone, Copy, Debug)]
+enum Loc {
+    Top(usize),
+    Child {
+        top: usize,
+        child: usize,
+    },
+    Iter {
+        top: usize,
+        iter: usize,
+        child: usize,
+    },
+}
+
+struct Run {
+    shared: Arc<Shared>,
+    row: ExecutionRow,
+    lease_owner: String,
+    snap: Arc<Snapshot>,
+    state: ExecState,
+    cancel: CancellationToken,
+    roots: Map<String, Value>,
+    steps_seen: Vec<StepRef>,
+    prev: Option<Value>,
+    results: Vec<Value>,
+    loop_ctx: Option<LoopCtx>,
+    /// Last step's failure class (health).
+    failure_class: Option<FailureClass>,
+}
+
+impl Run {
+    fn new(shared: Arc<Shared>, row: ExecutionRow, cancel: CancellationToken) -> Option<Run> {
+        let lease_owner = row.lease_owner.clone().unwrap_or_default();
+        let state = ExecState::parse(&row.state);
+        let snap: Snapshot = match serde_json::from_str(&row.snapshot) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(id = %row.id, error = %e, "unreadable execution snapshot");
+                let update = ExecUpdate {
+                    id: row.id,
+                    lease_owner,
+                    attempt: row.attempt,
+                    status: Some("failed".into()),
+                    error: Some(format!("transient: unreadable snapshot: {e}")),
+                    finished_at: Some(Ts::now().millis()),
+                    clear_started: false,
+                    state: row.state.clone(),
+                    search_text: Some(row.search_text.clone()),
+                };
+                let _ = shared.writer.send(WriteRequest {
+                    update,
+                    reply: None,
+                });
+                return None;
+            }
+        };
+        let mut roots = Map::new();
+        roots.insert("event".into(), snap.event.clone());
+        roots.insert("trigger".into(), snap.trigger.clone());
+        roots.insert("flow".into(), snap.flow.clone());
+        roots.insert(
+            "execution".into(),
+            json!({
+                "id": row.id,
+                "kind": row.kind,
+                "deviceId": row.device_id,
+                "invocationId": row.invocation_id,
+                "eventId": row.event_id,
+                "startedAt": row.started_at.and_then(Ts::from_millis),
+                "attempt": row.attempt,
+                "device": snap.device.as_ref().map(|d| json!({
+                    "id": d.id, "name": d.name, "provider": d.provider, "address": d.address,
+                })),
+            }),
+        );
+        roots.insert("schedule".into(), snap.schedule.clone());
+        roots.insert("source".into(), Value::String(snap.source.clone()));
+        roots.insert("chainDepth".into(), json!(snap.chain_depth));
+        roots.insert("owner".into(), json!({ "id": row.owner_id }));
+        roots.insert(
+            "user".into(),
+            snap.user_id
+                .as_ref()
+                .map(|u| json!({ "id": u }))
+                .unwrap_or(Value::Null),
+        );
+        roots.insert("now".into(), Value::String(Ts::now().to_rfc3339()));
+        Some(Run {
+            shared,
+            lease_owner,
+            snap: Arc::new(snap),
+            state,
+            cancel,
+            roots,
+            steps_seen: Vec::new(),
+            prev: None,
+            results: Vec::new(),
+            loop_ctx: None,
+            failure_class: None,
+            row,
+        })
+    }
+
+    fn is_live(&self) -> bool {
+        self.row.kind == "live"
+    }
+
+    /// Sends the current state; with `wait`, returns whether it applied (false = stop).
+    async fn save(&mut self, wait: bool) -> bool {
+        let update = ExecUpdate {
+            id: self.row.id,
+            lease_owner: self.lease_owner.clone(),
+            attempt: self.row.attempt,
+            status: None,
+            error: None,
+            finished_at: None,
+            clear_started: false,
+            state: self.state.to_json(),
+            search_text: None,
+        };
+        self.write(update, wait).await
+    }
+
+    async fn write(&self, update: ExecUpdate, wait: bool) -> bool {
+        if !wait {
+            let _ = self.shared.writer.send(WriteRequest {
+                update,
+                reply: None,
+            });
+            return true;
+        }
+        let (tx, rx) = oneshot::channel();
+        if self
+            .shared
+            .writer
+            .send(WriteRequest {
+                update,
+                reply: Some(tx),
+            })
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Writes the terminal status; returns whether this write won.
+    async fn finish(&mut self, status: &str, error: Option<String>, clear_started: bool) -> bool {
+        if let Some(p) = &mut self.state.progress {
+            p.current_index = None;
+        }
+        let update = ExecUpdate {
+            id: self.row.id,
+            lease_owner: self.lease_owner.clone(),
+            attempt: self.row.attempt,
+            status: Some(status.to_string()),
+            search_text: Some(execution_search_text(
+                self.row.flow_name.as_deref(),
+                self.row.trigger_name.as_deref(),
+                error.as_deref(),
+            )),
+            error,
+            finished_at: Some(Ts::now().millis()),
+            clear_started,
+            state: self.state.to_json(),
+        };
+        self.write(update, true).await
+    }
+
+    async fn skip_at_claim(&mut self, code: &str) {
+        self.state = ExecState::default();
+        self.finish("skipped", Some(code.to_string()), true).await;
+    }
+
+    /// Runs the row to a terminal status (or stops when aborted / fenced out).
+    async fn execute(&mut self) {
+        let fresh = self.state.result.is_none();
+        if fresh {
+            if let Some(code) = self.claim_check() {
+                self.skip_at_claim(code).await;
+                return;
+            }
+            if let Err(error) = self.pre_resolve() {
+                for s in self
+                    .state
+                    .progress
+                    .iter_mut()
+                    .flat_map(|p| p.steps.iter_mut())
+                {
+                    s.status = step_status::SKIPPED.into();
+                }
+                if self.finish("invalid", Some(error), false).await && self.is_live() {
+                    self.record_health(Outcome::Failure {
+                        class: "invalid_config",
+                    })
+                    .await;
+                }
+                return;
+            }
+            self.state.result = Some(ExecutionResult {
+                steps: self
+                    .snap
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| pending_result(i, s))
+                    .collect(),
+            });
+        } else {
+            self.restore_records();
+        }
+
+        let snap = self.snap.clone();
+        let total = snap.steps.len();
+        let mut failed: Option<(String, StepFailure)> = None;
+        for (i, step) in snap.steps.iter().enumerate() {
+            if self.step_result(Loc::Top(i)).status == step_status::SUCCESS
+                || (self.step_result(Loc::Top(i)).status == step_status::FAILED
+                    && step.continue_on_error)
+            {
+                continue;
+            }
+            if failed.is_some() {
+                self.set_status(Loc::Top(i), step_status::SKIPPED);
+                continue;
+            }
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            match self.exec_node(step, Loc::Top(i)).await {
+                NodeEnd::Stop => return,
+                NodeEnd::Ok => {}
+                NodeEnd::Failed {
+                    failure,
+                    key,
+                    tolerated,
+                } => {
+                    self.failure_class = Some(failure.class);
+                    if !tolerated {
+                        failed = Some((key, failure));
+                    }
+                }
+            }
+            // Commit the step before the next one starts (a committed step never re-runs).
+            if i + 1 < total && failed.is_none() && !self.save(true).await {
+                return;
+            }
+        }
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        match failed {
+            None => {
+                if self.finish("success", None, false).await && self.is_live() {
+                    self.record_health(Outcome::Success).await;
+                }
+            }
+            Some((key, failure)) => {
+                let error = format!("{key}: {failure}");
+                if self.finish("failed", Some(error), false).await && self.is_live() {
+                    self.record_health(Outcome::Failure {
+                        class: failure.class.as_str(),
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+
+    async fn record_health(&self, outcome: Outcome<'_>) {
+        if let Err(e) = health::record(
+            &self.shared.registry,
+            &self.row.owner_id,
+            self.row.flow_id,
+            outcome,
+            self.shared.config.failure_threshold,
+        )
+        .await
+        {
+            tracing::error!(error = %e, flow = %self.row.flow_id, "health update failed");
+        }
+    }
+
+    /// Claim-time re-check (§5.7): a reason to skip the row, if any.
+    fn claim_check(&self) -> Option<&'static str> {
+        let defs = self.shared.registry.read();
+        let owner = &self.row.owner_id;
+        let Some(flow) = defs.flow_any(owner, self.row.flow_id) else {
+            return Some("archived");
+        };
+        let flow = &flow.flow;
+        if flow.is_archived() {
+            return Some("archived");
+        }
+        if let Some(d) = self.row.device_id
+            && defs.device(owner, d).is_none()
+        {
+            return Some("no_device");
+        }
+        if self.is_live() {
+            if flow.status == "blocked" {
+                return Some("blocked");
+            }
+            let automatic = matches!(self.snap.source.as_str(), "event" | "schedule" | "custom");
+            if automatic && !flow.enabled {
+                return Some("disabled");
+            }
+        }
+        None
+    }
+
+    /// Pre-resolution (§5.10): everything that does not depend on step outputs or loop
+    /// variables must resolve (and, without late references, validate) before step one.
+    fn pre_resolve(&mut self) -> Result<(), String> {
+        let snap = self.snap.clone();
+        let scope = TemplateScope {
+            version: snap.template_version,
+            roots: &self.roots,
+            steps: &[],
+            prev: None,
+            results: &[],
+            loop_ctx: None,
+            late: false,
+        };
+        fn walk(steps: &[SnapStep], scope: &TemplateScope) -> Result<(), String> {
+            for s in steps {
+                let merged = s.merged_params();
+                let resolved = templates::resolve(&merged, scope)
+                    .map_err(|e| format!("template_error: {}: {}", s.key, e.message()))?;
+                if !templates::has_late_refs(&merged, scope.version)
+                    && let Some(entry) = catalog::by_method(&s.method)
+                    && let Err(errs) =
+                        params::validate_resolved(entry, &resolved, &format!("{}.params", s.key))
+                {
+                    return Err(format!("invalid_params: {}", join_errors(&errs)));
+                }
+                walk(&s.children, scope)?;
+            }
+            Ok(())
+        }
+        walk(&snap.steps, &scope)
+    }
+
+    /// After a reclaim: rebuild the template records of the steps that already ran.
+    fn restore_records(&mut self) {
+        let steps = self
+            .state
+            .result
+            .as_ref()
+            .map(|r| r.steps.clone())
+            .unwrap_or_default();
+        for (i, s) in steps.iter().enumerate() {
+            let record = s.record();
+            if matches!(s.status.as_str(), "success" | "failed") {
+                self.remember(i, Loc::Top(i), s, record);
+            } else {
+                self.results.push(record);
+            }
+        }
+    }
+
+    fn remember(&mut self, _i: usize, loc: Loc, s: &StepResult, record: Value) {
+        self.steps_seen.push(StepRef {
+            key: s.key.clone(),
+            slug: keys::slug(&s.name),
+            record: record.clone(),
+        });
+        if let Loc::Top(i) = loc {
+            if self.results.len() <= i {
+                self.results.resize(i + 1, Value::Null);
+            }
+            self.results[i] = record.clone();
+        }
+        self.prev = Some(record);
+    }
+
+    fn step_result(&mut self, loc: Loc) -> &mut StepResult {
+        let steps = &mut self
+            .state
+            .result
+            .as_mut()
+            .expect("result initialised")
+            .steps;
+        match loc {
+            Loc::Top(i) => &mut steps[i],
+            Loc::Child { top, child } => {
+                &mut steps[top].children.as_mut().expect("children")[child]
+            }
+            Loc::Iter { top, iter, child } => {
+                &mut steps[top].iterations.as_mut().expect("iterations")[iter][child]
+            }
+        }
+    }
+
+    fn progress_step(&mut self, i: usize) -> Option<&mut flowrun_core::execution::ProgressStep> {
+        self.state
+            .progress
+            .as_mut()
+            .and_then(|p| p.steps.get_mut(i))
+    }
+
+    fn set_status(&mut self, loc: Loc, status: &str) {
+        self.step_result(loc).status = status.to_string();
+        if let Loc::Top(i) = loc
+            && let Some(p) = self.progress_step(i)
+        {
+            p.status = status.to_string();
+        }
+    }
+
+    fn scope(&self) -> TemplateScope<'_> {
+        TemplateScope {
+            version: self.snap.template_version,
+            roots: &self.roots,
+            steps: &self.steps_seen,
+            prev: self.prev.as_ref(),
+            results: &self.results,
+            loop_ctx: self.loop_ctx.as_ref(),
+            late: true,
+        }
+    }
+
+    /// Runs one step (and its body); records its result.
+    fn exec_node<'a>(
+        &'a mut self,
+        step: &'a SnapStep,
+        loc: Loc,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = NodeEnd> + Send + 'a>> {
+        Box::pin(async move {
+            let now = Ts::now();
+            let attempt = self.row.attempt as i64;
+            // A flow.wait interrupted by a lost worker waits only for the remainder.
+            let earlier_start = {
+                let r = self.step_result(loc);
+                (r.status == step_status::RUNNING && r.attempt < attempt)
+                    .then_some(r.started_at)
+                    .flatten()
+            };
+            {
+                let r = self.step_result(loc);
+                r.status = step_status::RUNNING.into();
+                r.started_at = Some(now);
+                r.finished_at = None;
+                r.attempt = attempt;
+                r.error = None;
+                r.body = None;
+            }
+            if let Loc::Top(i) = loc
+                && let Some(p) = &mut self.state.progress
+            {
+                p.current_index = Some(i as i64);
+                if let Some(ps) = p.steps.get_mut(i) {
+                    ps.status = step_status::RUNNING.into();
+                    ps.started_at = Some(now);
+                    ps.finished_at = None;
+                    ps.attempt = attempt;
+                }
+            }
+            self.roots
+                .insert("now".into(), Value::String(now.to_rfc3339()));
+            self.save(false).await;
+
+            let outcome = match self.resolve_params(step) {
+                Err(f) => Err(f),
+                Ok(resolved) => {
+                    self.step_result(loc).params = Some(resolved.clone());
+                    match step.method.as_str() {
+                        "flow.wait" => self.wait(&resolved, earlier_start.unwrap_or(now)).await,
+                        "flow.if" => self.run_if(step, loc, &resolved).await,
+                        "flow.for_each" => self.run_for_each(step, loc, &resolved).await,
+                        _ => self.call_executor(step, &resolved).await,
+                    }
+                }
+            };
+            if self.cancel.is_cancelled() {
+                return NodeEnd::Stop;
+            }
+            let end = Ts::now();
+            let (end_state, body_failure) = match outcome {
+                Ok(StepBody::Done(out)) => {
+                    let r = self.step_result(loc);
+                    r.status = step_status::SUCCESS.into();
+                    r.body = Some(out.body);
+                    r.session_id = out.session_id;
+                    r.verdict = out.verdict;
+                    (NodeEnd::Ok, None)
+                }
+                Ok(StepBody::Stop) => return NodeEnd::Stop,
+                Ok(StepBody::BodyFailed { key, failure, body }) => {
+                    let r = self.step_result(loc);
+                    r.status = step_status::FAILED.into();
+                    r.body = body;
+                    r.error = Some(failure.to_string());
+                    let tolerated = step.continue_on_error;
+                    (
+                        NodeEnd::Failed {
+                            failure: failure.clone(),
+                            key,
+                            tolerated,
+                        },
+                        Some(failure),
+                    )
+                }
+                Err(failure) => {
+                    let r = self.step_result(loc);
+                    r.status = step_status::FAILED.into();
+                    r.error = Some(failure.to_string());
+                    (
+                        NodeEnd::Failed {
+                            failure: failure.clone(),
+                            key: step.key.clone(),
+                            tolerated: step.continue_on_error,
+                        },
+                        Some(failure),
+                    )
+                }
+            };
+            let _ = body_failure;
+            let (record, status, session) = {
+                let r = self.step_result(loc);
+                r.finished_at = Some(end);
+                (r.record(), r.status.clone(), r.session_id.clone())
+            };
+            if let Loc::Top(i) = loc
+                && let Some(ps) = self.progress_step(i)
+            {
+                ps.status = status;
+                ps.finished_at = Some(end);
+                ps.session_id = session;
+            }
+            let snapshot_of_result = self.step_result(loc).clone();
+            let i = match loc {
+                Loc::Top(i) => i,
+                Loc::Child { top, .. } | Loc::Iter { top, .. } => top,
+            };
+            self.remember(i, loc, &snapshot_of_result, record);
+            end_state
+        })
+    }
+
+    fn resolve_params(&self, step: &SnapStep) -> Result<Value, StepFailure> {
+        let merged = step.merged_params();
+        let resolved = templates::resolve(&merged, &self.scope()).map_err(|e| {
+            StepFailure::new(
+                FailureClass::InvalidConfig,
+                format!("template_error: {}", e.message()),
+            )
+        })?;
+        let Some(entry) = catalog::by_method(&step.method) else {
+            return Err(StepFailure::new(
+                FailureClass::InvalidConfig,
+                format!("unknown method {}", step.method),
+            ));
+        };
+        params::validate_resolved(entry, &resolved, "params").map_err(|errs| {
+            StepFailure::new(
+                FailureClass::InvalidConfig,
+                format!("invalid_params: {}", join_errors(&errs)),
+            )
+        })?;
+        Ok(resolved)
+    }
+
+    async fn wait(&self, params: &Value, started: Ts) -> Result<StepBody, StepFailure> {
+        let seconds = params.get("seconds").and_then(Value::as_f64).unwrap_or(0.0);
+        let end_ms = started.millis() + (seconds * 1000.0).round() as i64;
+        let left = (end_ms - Ts::now().millis()).max(0) as u64;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(left)) => {}
+            _ = self.cancel.cancelled() => return Ok(StepBody::Stop),
+        }
+        Ok(StepBody::Done(StepOutput {
+            body: json!({ "waitedSeconds": seconds }),
+            ..Default::default()
+        }))
+    }
+
+    async fn run_if(
+        &mut self,
+        step: &SnapStep,
+        loc: Loc,
+        params: &Value,
+    ) -> Result<StepBody, StepFailure> {
+        let top = match loc {
+            Loc::Top(i) => i,
+            // Nesting is two levels: a child `flow.if` has no body.
+            _ => usize::MAX,
+        };
+        let condition = params.get("condition").cloned().unwrap_or(Value::Null);
+        let result = self.evaluate_condition(&condition);
+        if top == usize::MAX {
+            return Ok(StepBody::Done(StepOutput {
+                body: json!({ "result": result }),
+                ..Default::default()
+            }));
+        }
+        self.step_result(loc).children = Some(
+            step.children
+                .iter()
+                .enumerate()
+                .map(|(i, c)| pending_result(i, c))
+                .collect(),
+        );
+        let body = json!({ "result": result });
+        if !result {
+            for c in self.step_result(loc).children.iter_mut().flatten() {
+                c.status = step_status::SKIPPED.into();
+            }
+            return Ok(StepBody::Done(StepOutput {
+                body,
+                ..Default::default()
+            }));
+        }
+        let locs: Vec<Loc> = (0..step.children.len())
+            .map(|child| Loc::Child { top, child })
+            .collect();
+        self.run_body(&step.children, &locs, body).await
+    }
+
+    async fn run_for_each(
+        &mut self,
+        step: &SnapStep,
+        loc: Loc,
+        params: &Value,
+    ) -> Result<StepBody, StepFailure> {
+        let Some(items) = params.get("items").and_then(Value::as_array).cloned() else {
+            return Err(StepFailure::new(
+                FailureClass::InvalidConfig,
+                "invalid_params: items must be an array",
+            ));
+        };
+        let max = params
+            .get("maxIterations")
+            .and_then(Value::as_u64)
+            .unwrap_or(100) as usize;
+        let item_variable = params
+            .get("itemVariable")
+            .and_then(Value::as_str)
+            .unwrap_or("item")
+            .to_string();
+        let truncated = items.len() > max;
+        let items: Vec<Value> = items.into_iter().take(max).collect();
+        let Loc::Top(top) = loc else {
+            return Ok(StepBody::Done(StepOutput {
+                body: json!({ "count": items.len(), "truncated": truncated, "iterations": [] }),
+                ..Default::default()
+            }));
+        };
+        self.step_result(loc).iterations = Some(Vec::new());
+        let mut bodies = Vec::new();
+        let n = items.len();
+        for (index, item) in items.into_iter().enumerate() {
+            if self.cancel.is_cancelled() {
+                return Ok(StepBody::Stop);
+            }
+            self.step_result(loc)
+                .iterations
+                .as_mut()
+                .expect("iterations")
+                .push(
+                    step.children
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| pending_result(i, c))
+                        .collect(),
+                );
+            self.loop_ctx = Some(LoopCtx {
+                item,
+                index,
+                first: index == 0,
+                last: index + 1 == n,
+                item_variable: item_variable.clone(),
+            });
+            let locs: Vec<Loc> = (0..step.children.len())
+                .map(|child| Loc::Iter {
+                    top,
+                    iter: index,
+                    child,
+                })
+                .collect();
+            let end = self.run_body(&step.children, &locs, Value::Null).await;
+            self.loop_ctx = None;
+            let iteration: Map<String, Value> = self
+                .step_result(loc)
+                .iterations
+                .as_ref()
+                .expect("iterations")[index]
+                .iter()
+                .map(|r| (r.key.clone(), r.body.clone().unwrap_or(Value::Null)))
+                .collect();
+            bodies.push(Value::Object(iteration));
+            match end {
+                Ok(StepBody::Done(_)) => {}
+                Ok(StepBody::BodyFailed { key, failure, .. }) => {
+                    return Ok(StepBody::BodyFailed {
+                        key,
+                        failure,
+                        body: Some(
+                            json!({ "count": index + 1, "truncated": truncated, "iterations": bodies }),
+                        ),
+                    });
+                }
+                other => return other,
+            }
+        }
+        Ok(StepBody::Done(StepOutput {
+            body: json!({ "count": n, "truncated": truncated, "iterations": bodies }),
+            ..Default::default()
+        }))
+    }
+
+    /// Runs a body (children in order); a non-tolerated failure skips the rest and fails the
+    /// parent with the child's failure.
+    async fn run_body(
+        &mut self,
+        children: &[SnapStep],
+        locs: &[Loc],
+        body: Value,
+    ) -> Result<StepBody, StepFailure> {
+        let mut failed: Option<(String, StepFailure)> = None;
+        for (child, loc) in children.iter().zip(locs) {
+            if failed.is_some() {
+                self.step_result(*loc).status = step_status::SKIPPED.into();
+                continue;
+            }
+            if self.cancel.is_cancelled() {
+                return Ok(StepBody::Stop);
+            }
+            match self.exec_node(child, *loc).await {
+                NodeEnd::Stop => return Ok(StepBody::Stop),
+                NodeEnd::Ok => {}
+                NodeEnd::Failed {
+                    failure,
+                    key,
+                    tolerated,
+                } => {
+                    self.failure_class = Some(failure.class);
+                    if !tolerated {
+                        failed = Some((key, failure));
+                    }
+                }
+            }
+            self.save(false).await;
+        }
+        Ok(match failed {
+            None => StepBody::Done(StepOutput {
+                body,
+                ..Default::default()
+            }),
+            Some((key, failure)) => StepBody::BodyFailed {
+                key,
+                failure,
+                body: None,
+            },
+        })
+    }
+
+    fn evaluate_condition(&self, condition: &Value) -> bool {
+        let mut paths = Vec::new();
+        collect_paths(condition, &mut paths);
+        let scope = self.scope();
+        let values: HashMap<String, Value> = paths
+            .into_iter()
+            .filter_map(|p| {
+                let token = format!("{{{{{p}}}}}");
+                templates::resolve_string(&token, &scope)
+                    .ok()
+                    .map(|v| (p, v))
+            })
+            .collect();
+        conditions::evaluate(condition, &|p| values.get(p))
+    }
+
+    async fn call_executor(
+        &self,
+        step: &SnapStep,
+        params: &Value,
+    ) -> Result<StepBody, StepFailure> {
+        let call = StepCall {
+            owner_id: &self.row.owner_id,
+            execution_id: self.row.id,
+            flow_id: self.row.flow_id,
+            step_key: &step.key,
+            method: &step.method,
+            params,
+            device: self.snap.device.as_ref(),
+        };
+        let limit = hard_timeout(&step.method, params);
+        let fut = self.shared.executor.execute(call, &self.cancel);
+        tokio::select! {
+            r = tokio::time::timeout(limit, fut) => match r {
+                Ok(Ok(out)) => Ok(StepBody::Done(out)),
+                Ok(Err(f)) => Err(f),
+                Err(_) => Err(StepFailure::new(
+                    FailureClass::Transient,
+                    format!("timeout after {} s", limit.as_secs()),
+                )),
+            },
+            _ = self.cancel.cancelled() => Ok(StepBody::Stop),
+        }
+    }
+}
+
+/// A step's own outcome before it is recorded.
+enum StepBody {
+    Done(StepOutput),
+    /// A body step failed (not tolerated): the parent fails with it.
+    BodyFailed {
+        key: String,
+        failure: StepFailure,
+        body: Option<Value>,
+    },
+    Stop,
+}
+
+fn pending_result(index: usize, s: &SnapStep) -> StepResult {
+    StepResult {
+        index: index as i64,
+        key: s.key.clone(),
+        name: s.name.clone(),
+        service: s.service.clone(),
+        method: s.method.clone(),
+        status: step_status::PENDING.into(),
+        started_at: None,
+        finished_at: None,
+        attempt: 0,
+        params: None,
+        body: None,
+        error: None,
+        verdict: None,
+        session_id: None,
+        children: None,
+        iterations: None,
+    }
+}
+
+fn join_errors(errs: &flowrun_core::FieldErrors) -> String {
+    errs.0
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn collect_paths(node: &Value, out: &mut Vec<String>) {
+    match node {
+        Value::Object(m) => {
+            for k in ["field", "path"] {
+                if let Some(Value::String(p)) = m.get(k) {
+                    out.push(p.clone());
+                }
+            }
+            for k in ["all", "any"] {
+                if let Some(Value::Array(items)) = m.get(k) {
+                    for i in items {
+                        collect_paths(i, out);
+                    }
+                }
+            }
+            if let Some(inner) = m.get("not") {
+                collect_paths(inner, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| collect_paths(i, out)),
+        _ => {}
+    }
+}
+
+/// Hard timeouts per method (§5.9).
+fn hard_timeout(method: &str, params: &Value) -> Duration {
+    let secs =
+        |name: &str, default: u64| params.get(name).and_then(Value::as_u64).unwrap_or(default);
+    Duration::from_secs(match method {
+        "webhooks.send" => 10,
+        "devices.wait_for_text" => secs("timeoutSeconds", 30) + 10,
+        "tasks.run" => secs("executionTimeout", 900) + 60,
+        "agent.run" => secs("timeoutSeconds", 900) + 60,
+        _ => 60,
+    })
+}

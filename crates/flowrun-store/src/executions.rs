@@ -1,0 +1,251 @@
+//! Executions: the durable queue and the run history in one table (§5.7).
+//!
+//! The execution row *is* the queue item: `pending` rows are claimed by a node with a lease
+//! (`lease_owner` + `lease_expires_at`), every later write by that node is fenced by
+//! `(status = 'running', lease_owner, attempt)`, and a terminal status is written by a
+//! compare-and-set from a non-terminal one, so it is written once and never overwritten.
+//!
+//! A device runs at most one execution at a time: claims skip pending rows whose device has a
+//! `running` row (a unique partial index backs this up) and take at most one row per device,
+//! the oldest, so waiting runs of a device keep their order.
+//!
+//! JSON columns are opaque to the store: `snapshot` (what the engine needs to run the row,
+//! fixed at enqueue) and `state` (progress, step results, recordings, screenshots …, rewritten
+//! as the run advances). `search_text` is the case-folded `flowName`, `triggerName` and
+//! `error` joined by `\n`, so `search` is an `instr`/`strpos` on one column in both backends.
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::{DocWrite, Result};
+
+/// Statuses a row can still leave.
+pub const NON_TERMINAL: [&str; 2] = ["pending", "running"];
+/// Every status, in the order `byStatus` lists them.
+pub const STATUSES: [&str; 7] = [
+    "pending",
+    "running",
+    "success",
+    "failed",
+    "cancelled",
+    "skipped",
+    "invalid",
+];
+
+pub fn is_terminal(status: &str) -> bool {
+    !NON_TERMINAL.contains(&status)
+}
+
+/// One stored execution, every column.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecutionRow {
+    pub id: Uuid,
+    pub owner_id: String,
+    pub flow_id: Uuid,
+    pub trigger_id: Uuid,
+    /// `live` | `verification`
+    pub kind: String,
+    pub status: String,
+    pub device_id: Option<Uuid>,
+    pub invocation_id: Option<String>,
+    pub event_id: Option<String>,
+    pub error: Option<String>,
+    pub flow_name: Option<String>,
+    pub trigger_name: Option<String>,
+    pub created_by: Option<String>,
+    /// Enqueue time (ms since the epoch); FIFO order of claims is `(enqueued_at, id)`.
+    pub enqueued_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// 0-based; incremented each time an expired lease is reclaimed.
+    pub attempt: i32,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    /// §5.14 graph hash (hex SHA-256) of the flow at enqueue.
+    pub graph_hash: Option<String>,
+    /// JSON, fixed at enqueue.
+    pub snapshot: String,
+    /// JSON, rewritten as the run advances.
+    pub state: String,
+    /// Folded `flowName\ntriggerName\nerror`.
+    pub search_text: String,
+}
+
+impl ExecutionRow {
+    /// The reference time of §1.7: `startedAt`, else the enqueue time.
+    pub fn ref_at(&self) -> i64 {
+        self.started_at.unwrap_or(self.enqueued_at)
+    }
+}
+
+/// Filters of `GET /executions` and `/executions/metrics` (all AND-ed; `None` = no filter).
+#[derive(Clone, Debug, Default)]
+pub struct ExecFilter {
+    pub flow_id: Option<Uuid>,
+    pub trigger_id: Option<Uuid>,
+    pub invocation_id: Option<String>,
+    /// Any of these statuses (empty = all).
+    pub statuses: Vec<String>,
+    /// `ref_at >= from` (ms).
+    pub from: Option<i64>,
+    /// `ref_at < to` (ms).
+    pub to: Option<i64>,
+    /// Already folded needle, matched as a substring of `search_text`.
+    pub search: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ExecOrderBy {
+    /// The reference time (`started_at`, else `enqueued_at`).
+    #[default]
+    StartedAt,
+    /// Nulls last in both directions.
+    FinishedAt,
+    Status,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ExecOrder {
+    pub by: ExecOrderBy,
+    pub desc: bool,
+}
+
+/// Aggregates over the filtered rows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExecMetrics {
+    pub total: i64,
+    /// Count per status, in [`STATUSES`] order.
+    pub by_status: [i64; 7],
+    /// Mean of `finished_at - started_at` (ms) over rows having both.
+    pub avg_duration_ms: Option<f64>,
+    /// Greatest `started_at`.
+    pub last_started_at: Option<i64>,
+}
+
+/// The outcome of an abort (§5.8).
+#[derive(Clone, Debug, PartialEq)]
+pub enum AbortOutcome {
+    /// This call moved the row from `pending`/`running` to `cancelled`; the row after the
+    /// change, with `lease_owner`/`attempt` as they were (so the caller can signal the
+    /// worker holding the lease).
+    Cancelled(ExecutionRow),
+    /// The row was already terminal.
+    Terminal(ExecutionRow),
+    NotFound,
+}
+
+/// A write by the node holding a row's lease. Applied only while the row is still `running`
+/// under that lease (`lease_owner` and `attempt` equal); otherwise it changes nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecUpdate {
+    pub id: Uuid,
+    pub lease_owner: String,
+    pub attempt: i32,
+    /// `None` keeps `running` (progress write); `Some(terminal)` finishes the row, clears
+    /// the lease and frees its device.
+    pub status: Option<String>,
+    /// Written only with a terminal status.
+    pub error: Option<String>,
+    /// Written only with a terminal status.
+    pub finished_at: Option<i64>,
+    /// With a terminal status: `true` sets `started_at` to NULL (a row skipped at claim time
+    /// never started).
+    pub clear_started: bool,
+    pub state: String,
+    /// Written only with a terminal status (the error is part of it).
+    pub search_text: Option<String>,
+}
+
+/// What the reaper did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReapOutcome {
+    /// Rows put back to `pending` with `attempt + 1`.
+    pub requeued: Vec<Uuid>,
+    /// Rows that had used their last attempt and were set `failed` (the row after the change).
+    pub failed: Vec<ExecutionRow>,
+}
+
+#[async_trait]
+pub trait ExecutionStore: Send + Sync {
+    /// Inserts new rows (any status; `pending` ones become claimable) and applies the
+    /// definition writes (flow documents with new health / gate state) in one transaction.
+    async fn insert_executions(&self, rows: &[ExecutionRow], docs: &[DocWrite]) -> Result<()>;
+
+    /// The flow ids among `flow_ids` that already have a row with this invocation id.
+    async fn flows_with_invocation(
+        &self,
+        flow_ids: &[Uuid],
+        invocation_id: &str,
+    ) -> Result<Vec<Uuid>>;
+
+    /// One row of this owner.
+    async fn get_execution(&self, owner_id: &str, id: Uuid) -> Result<Option<ExecutionRow>>;
+
+    /// One page of this owner's rows and the total matching the filter. Ties break on `id` in
+    /// the requested direction.
+    async fn list_executions(
+        &self,
+        owner_id: &str,
+        filter: &ExecFilter,
+        order: ExecOrder,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(Vec<ExecutionRow>, i64)>;
+
+    async fn execution_metrics(&self, owner_id: &str, filter: &ExecFilter) -> Result<ExecMetrics>;
+
+    /// Compare-and-set `pending`/`running` → `cancelled` with `finished_at = now_ms`,
+    /// `started_at` unchanged, the lease cleared and `state = cancelled_state(row as read)`,
+    /// all in one transaction holding the row (SQLite: the single writer; PostgreSQL:
+    /// `SELECT … FOR UPDATE`), so a progress write cannot slip in between. Exactly one of any
+    /// number of concurrent calls wins. The returned row keeps `lease_owner`/`attempt` as they
+    /// were before the change, so the caller can signal the worker holding the lease.
+    async fn abort_execution(
+        &self,
+        owner_id: &str,
+        id: Uuid,
+        now_ms: i64,
+        cancelled_state: &(dyn for<'r> Fn(&'r ExecutionRow) -> String + Send + Sync),
+    ) -> Result<AbortOutcome>;
+
+    /// Claims up to `limit` `pending` rows, oldest first, at most one per device, skipping
+    /// devices that have a `running` row or are listed in `busy_devices`: each becomes
+    /// `running` under `lease_owner` until `lease_expires_at`, `started_at` set to `now_ms`
+    /// when it was null. Returns the rows after the change.
+    async fn claim_executions(
+        &self,
+        lease_owner: &str,
+        now_ms: i64,
+        lease_expires_at: i64,
+        limit: usize,
+        busy_devices: &[Uuid],
+    ) -> Result<Vec<ExecutionRow>>;
+
+    /// Applies lease-fenced writes in one transaction; returns, per update, whether it applied.
+    async fn apply_exec_updates(&self, updates: &[ExecUpdate]) -> Result<Vec<bool>>;
+
+    /// Extends every lease held by `lease_owner`; returns how many rows it holds.
+    async fn renew_leases(&self, lease_owner: &str, lease_expires_at: i64) -> Result<u64>;
+
+    /// Reclaims `running` rows whose lease expired before `now_ms` — or, with
+    /// `all_of_other_owners`, every `running` row not held by `keep_owner` (start-up of a
+    /// single-node SQLite server, whose previous process is gone). A row whose `attempt + 1`
+    /// reaches `max_attempts` is set `failed` with `error = failed_error`, `finished_at =
+    /// now_ms`, `state = failed_state(row as read)`, `search_text` with the error; the others go back to `pending` with `attempt + 1` and no lease.
+    async fn reap_executions(
+        &self,
+        now_ms: i64,
+        max_attempts: i32,
+        failed_error: &str,
+        failed_state: &(dyn for<'r> Fn(&'r ExecutionRow) -> String + Send + Sync),
+        keep_owner: &str,
+        all_of_other_owners: bool,
+    ) -> Result<ReapOutcome>;
+
+    /// Sets every `pending` row of the flow `skipped` with this error, `finished_at = now_ms`
+    /// and `state = "{}"` (archive, §3.5); returns how many.
+    async fn skip_pending_of_flow(&self, flow_id: Uuid, error: &str, now_ms: i64) -> Result<u64>;
+
+    /// Count of `pending` rows (queue depth).
+    async fn count_pending(&self) -> Result<i64>;
+}
