@@ -82,11 +82,27 @@ pub(crate) async fn reap(shared: &Arc<Shared>, all_others: bool) -> Result<(), E
         .reap_executions(
             now.millis(),
             shared.config.max_attempts,
-            "transient: the worker running this execution was lost on every attempt",
             &move |row: &ExecutionRow| {
                 let mut state = ExecState::parse(&row.state);
+                // The step the lost worker was in (the first one that had not ended).
+                let key = state
+                    .result
+                    .as_ref()
+                    .and_then(|r| {
+                        r.steps
+                            .iter()
+                            .find(|s| s.status == step_status::RUNNING)
+                            .or_else(|| r.steps.iter().find(|s| s.status == step_status::PENDING))
+                    })
+                    .map(|s| s.key.clone())
+                    .unwrap_or_else(|| "execution".to_string());
                 fail_open_steps(&mut state, now);
-                state.to_json()
+                (
+                    format!(
+                        "{key}: transient: the worker running this execution was lost on every attempt"
+                    ),
+                    state.to_json(),
+                )
             },
             &shared.node_id,
             all_others,

@@ -230,14 +230,13 @@ pub trait ExecutionStore: Send + Sync {
     /// Reclaims `running` rows whose lease expired before `now_ms` — or, with
     /// `all_of_other_owners`, every `running` row not held by `keep_owner` (start-up of a
     /// single-node SQLite server, whose previous process is gone). A row whose `attempt + 1`
-    /// reaches `max_attempts` is set `failed` with `error = failed_error`, `finished_at =
-    /// now_ms`, `state = failed_state(row as read)`, `search_text` with the error; the others go back to `pending` with `attempt + 1` and no lease.
+    /// reaches `max_attempts` is set `failed` with `(error, state) = failed(row as read)`,
+    /// `finished_at = now_ms` and `search_text` with the error; the others go back to `pending` with `attempt + 1` and no lease.
     async fn reap_executions(
         &self,
         now_ms: i64,
         max_attempts: i32,
-        failed_error: &str,
-        failed_state: &(dyn for<'r> Fn(&'r ExecutionRow) -> String + Send + Sync),
+        failed: &(dyn for<'r> Fn(&'r ExecutionRow) -> (String, String) + Send + Sync),
         keep_owner: &str,
         all_of_other_owners: bool,
     ) -> Result<ReapOutcome>;

@@ -408,8 +408,7 @@ impl ExecutionStore for SqliteStore {
         &self,
         now_ms: i64,
         max_attempts: i32,
-        failed_error: &str,
-        failed_state: &(dyn for<'r> Fn(&'r ExecutionRow) -> String + Send + Sync),
+        failed: &(dyn for<'r> Fn(&'r ExecutionRow) -> (String, String) + Send + Sync),
         keep_owner: &str,
         all_of_other_owners: bool,
     ) -> Result<ReapOutcome> {
@@ -429,6 +428,8 @@ impl ExecutionStore for SqliteStore {
         for row in execs_from_rows(&rows)? {
             // Fenced like a worker's write (the single writer makes it a formality).
             if row.attempt.saturating_add(1) >= max_attempts {
+                let (failed_error, failed_state) = failed(&row);
+                let failed_error = failed_error.as_str();
                 let search_text = flowrun_core::search::execution_search_text(
                     row.flow_name.as_deref(),
                     row.trigger_name.as_deref(),
@@ -442,7 +443,7 @@ impl ExecutionStore for SqliteStore {
                 ))
                 .bind(failed_error)
                 .bind(now_ms)
-                .bind(call_state(failed_state, &row))
+                .bind(failed_state)
                 .bind(search_text)
                 .bind(row.id.to_string())
                 .bind(&row.lease_owner)

@@ -151,6 +151,10 @@ fn failed_state(r: &ExecutionRow) -> String {
     format!(r#"{{"failedAt":{}}}"#, r.attempt)
 }
 
+fn failed_with(error: &'static str) -> impl Fn(&ExecutionRow) -> (String, String) {
+    move |r| (error.to_string(), failed_state(r))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn claims_fifo_one_per_device_skipping_busy_devices() {
     on_each_backend(|db| async move {
@@ -516,13 +520,13 @@ async fn reaper_requeues_expired_leases_then_fails_after_max_attempts() {
         assert_eq!(first[0].started_at, Some(1000));
 
         let none = db
-            .reap_executions(1500, 3, ERR, &failed_state, "node-2", false)
+            .reap_executions(1500, 3, &failed_with(ERR), "node-2", false)
             .await
             .unwrap();
         assert_eq!(none, Default::default());
 
         let reaped = db
-            .reap_executions(2500, 3, ERR, &failed_state, "node-2", false)
+            .reap_executions(2500, 3, &failed_with(ERR), "node-2", false)
             .await
             .unwrap();
         assert_eq!(reaped.requeued, vec![id(1)]);
@@ -550,7 +554,7 @@ async fn reaper_requeues_expired_leases_then_fails_after_max_attempts() {
         assert_eq!(stale, vec![false]);
 
         let reaped = db
-            .reap_executions(4500, 3, ERR, &failed_state, "node-3", false)
+            .reap_executions(4500, 3, &failed_with(ERR), "node-3", false)
             .await
             .unwrap();
         assert_eq!(reaped.requeued, vec![id(1)]);
@@ -561,7 +565,7 @@ async fn reaper_requeues_expired_leases_then_fails_after_max_attempts() {
         assert_eq!(third[0].attempt, 2);
 
         let reaped = db
-            .reap_executions(6500, 3, ERR, &failed_state, "node-4", false)
+            .reap_executions(6500, 3, &failed_with(ERR), "node-4", false)
             .await
             .unwrap();
         assert!(reaped.requeued.is_empty());
@@ -613,12 +617,12 @@ async fn reaper_takes_every_row_of_other_owners_at_start_up_and_leases_renew() {
 
         // Leases not expired: nothing without the flag.
         let reaped = db
-            .reap_executions(200, 3, "x", &failed_state, "new", false)
+            .reap_executions(200, 3, &failed_with("x"), "new", false)
             .await
             .unwrap();
         assert_eq!(reaped, Default::default());
         let reaped = db
-            .reap_executions(200, 3, "x", &failed_state, "new", true)
+            .reap_executions(200, 3, &failed_with("x"), "new", true)
             .await
             .unwrap();
         assert_eq!(reaped.requeued, vec![id(1), id(2)]);
