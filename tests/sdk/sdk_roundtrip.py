@@ -69,6 +69,26 @@ check(flow.name == "SDK flow renamed" and not flow.enabled, "flows.update")
 nodes = wf.flows.actions.list(flow.id).data
 check(len(nodes) == 1 and nodes[0].key == "wait-a-bit", "flows.actions.list")
 
+# Executions: run (also on a disabled flow), retrieve, list, metrics, abort; fire.
+run = wf.flows.run(flow.id, payload={"source": "sdk"}).data
+check(run.enqueued_count == 1 and len(run.execution_ids) == 1, "flows.run")
+execution_id = run.execution_ids[0]
+execution = wf.executions.retrieve(execution_id).data
+check(execution.status in ("pending", "running") and execution.kind == "live", "executions.retrieve")
+aborted = wf.executions.abort(execution_id).data
+check(aborted.status == "cancelled" and aborted.finished_at is not None, "executions.abort")
+try:
+    wf.executions.abort(execution_id)
+    check(False, "second abort refused")
+except mobilerun_sdk.ConflictError as e:
+    check(e.status_code == 409, "executions.abort terminal → 409")
+listed = wf.executions.list(flow_id=flow.id, status="cancelled")
+check([i.id for i in listed.items] == [execution_id], "executions.list filters")
+metrics = wf.executions.get_metrics(flow_id=flow.id).data
+check(metrics.total == 1 and metrics.by_status.cancelled == 1, "executions.get_metrics")
+fired = wf.triggers.fire(trigger.id, payload={"n": 1})
+check(fired.enqueued_count == 0 and not fired.deduplicated, "triggers.fire (flow disabled → nothing)")
+
 # Deleting a trigger in use is refused without retries (x-should-retry: false).
 try:
     wf.triggers.delete(trigger.id)
