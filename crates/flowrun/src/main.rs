@@ -140,8 +140,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             lease: Duration::from_secs(args.lease_seconds.max(1)),
             failure_threshold: args.failure_threshold.max(1),
             flow_rate_limit_per_minute: args.flow_rate_limit,
-            // SQLite is one process's file: rows left running were this node's.
+            // SQLite is one process's file: rows left running were this node's, and every
+            // enqueue happens here and wakes the dispatcher, so the queue needs no polling.
             exclusive_store: store.backend() == "sqlite",
+            poll_interval: if store.backend() == "sqlite" {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_millis(250)
+            },
             ..EngineConfig::default()
         },
         Arc::new(Effects {
