@@ -277,8 +277,7 @@ fn bound_flows(defs: &Defs, f: &Firing) -> Vec<Arc<FlowRecord>> {
         return defs.flow(&f.owner_id, id).cloned().into_iter().collect();
     }
     let mut flows: Vec<Arc<FlowRecord>> = defs
-        .live_flows(&f.owner_id)
-        .filter(|r| r.flow.trigger_id == f.trigger_id)
+        .flows_of_trigger(&f.owner_id, f.trigger_id)
         .cloned()
         .collect();
     flows.sort_by_key(|r| (r.flow.created_at, r.flow.id));

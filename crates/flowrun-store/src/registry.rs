@@ -22,6 +22,9 @@ pub struct Defs {
     pub actions: HashMap<Uuid, Arc<Action>>,
     pub flows: HashMap<Uuid, Arc<FlowRecord>>,
     pub devices: HashMap<Uuid, Arc<Device>>,
+    /// Flow ids by the trigger they are bound to (archived flows included), so routing a
+    /// firing never scans every flow.
+    flows_by_trigger: HashMap<Uuid, std::collections::BTreeSet<Uuid>>,
 }
 
 impl Defs {
@@ -46,6 +49,33 @@ impl Defs {
 
     pub fn device(&self, owner: &str, id: Uuid) -> Option<&Arc<Device>> {
         self.devices.get(&id).filter(|d| d.owner_id == owner)
+    }
+
+    /// Non-archived flows of this owner bound to this trigger.
+    pub fn flows_of_trigger<'a>(
+        &'a self,
+        owner: &'a str,
+        trigger_id: Uuid,
+    ) -> impl Iterator<Item = &'a Arc<FlowRecord>> {
+        self.flows_by_trigger
+            .get(&trigger_id)
+            .into_iter()
+            .flatten()
+            .filter_map(move |id| self.flow(owner, *id))
+    }
+
+    fn put_flow(&mut self, f: FlowRecord) {
+        if let Some(old) = self.flows.get(&f.flow.id)
+            && old.flow.trigger_id != f.flow.trigger_id
+            && let Some(set) = self.flows_by_trigger.get_mut(&old.flow.trigger_id)
+        {
+            set.remove(&f.flow.id);
+        }
+        self.flows_by_trigger
+            .entry(f.flow.trigger_id)
+            .or_default()
+            .insert(f.flow.id);
+        self.flows.insert(f.flow.id, Arc::new(f));
     }
 
     /// Non-archived flows of this owner.
@@ -77,12 +107,17 @@ pub struct Registry {
 impl Registry {
     /// Loads every definition from the store.
     pub async fn load(store: Arc<dyn Store>) -> Result<Self> {
-        let defs = Defs {
+        let mut defs = Defs {
             triggers: load_kind(&*store, DocKind::Trigger, |t: &Trigger| t.id).await?,
             actions: load_kind(&*store, DocKind::Action, |a: &Action| a.id).await?,
-            flows: load_kind(&*store, DocKind::Flow, |f: &FlowRecord| f.flow.id).await?,
+            flows: HashMap::new(),
             devices: load_kind(&*store, DocKind::Device, |d: &Device| d.id).await?,
+            flows_by_trigger: HashMap::new(),
         };
+        let flows = load_kind(&*store, DocKind::Flow, |f: &FlowRecord| f.flow.id).await?;
+        for (_, f) in flows {
+            defs.put_flow(Arc::unwrap_or_clone(f));
+        }
         Ok(Self {
             store,
             defs: RwLock::new(defs),
@@ -142,9 +177,7 @@ impl Registry {
                 Change::PutAction(a) => {
                     defs.actions.insert(a.id, Arc::new(a));
                 }
-                Change::PutFlow(f) => {
-                    defs.flows.insert(f.flow.id, Arc::new(f));
-                }
+                Change::PutFlow(f) => defs.put_flow(f),
                 Change::PutDevice(d) => {
                     defs.devices.insert(d.id, Arc::new(d));
                 }
