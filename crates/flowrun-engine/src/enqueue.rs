@@ -79,6 +79,12 @@ pub struct Firing {
     /// `verify`: the single target device.
     pub verify_device: Option<Uuid>,
     pub capture_screenshots: bool,
+    /// `receivedAt` of the template root `event` when there is no event (schedules: the fire
+    /// instant); default now.
+    pub received_at: Option<Ts>,
+    /// Record the firing as suppressed: every flow that would run gets one `skipped` row with
+    /// this error and `deviceId: null`, and nothing runs (schedules: `missed` occurrences).
+    pub suppressed: Option<&'static str>,
 }
 
 /// What a firing produced.
@@ -300,7 +306,12 @@ fn plan_firing(
         return out;
     };
     let now_ms = now.millis();
-    let received_at = f.event.as_ref().map(|e| e.received_at).unwrap_or(now);
+    let received_at = f
+        .event
+        .as_ref()
+        .map(|e| e.received_at)
+        .or(f.received_at)
+        .unwrap_or(now);
     let received_at = received_at.to_rfc3339();
     for stored in bound_flows(defs, f) {
         let mut rec = plan
@@ -370,6 +381,11 @@ fn plan_firing(
             out.enqueued.push(row.id);
             plan.rows.push(row);
         };
+
+        if let Some(code) = f.suppressed {
+            skip(plan, &mut out, None, code);
+            continue;
+        }
 
         // Targets (§5.5).
         let targets: Vec<Option<Uuid>> = if f.origin == Origin::Verify {

@@ -877,6 +877,8 @@ async fn run_flow(
             schedule: Value::Null,
             verify_device: None,
             capture_screenshots: capture,
+            received_at: None,
+            suppressed: None,
         })
         .await?;
     Ok(accepted(flowrun_core::execution::FlowRunResult {

@@ -572,6 +572,8 @@ async fn fire_trigger(
             schedule: Value::Null,
             verify_device: None,
             capture_screenshots: false,
+            received_at: None,
+            suppressed: None,
         })
         .await?;
     let deduplicated = key.is_some() && outcome.deduplicated;
