@@ -5,6 +5,7 @@
 //! pure computations the engine relies on. Everything here is a function of its inputs so it
 //! can be tested with plain values.
 
+pub mod appevents;
 pub mod catalog;
 pub mod conditions;
 pub mod execution;

@@ -98,7 +98,13 @@ pub struct FiringOutcome {
     pub deduplicated: bool,
 }
 
-pub(crate) type FiringRequest = (Firing, oneshot::Sender<Result<FiringOutcome, EngineError>>);
+/// Firings committed together, plus the ingested events they route (marked routed in the
+/// same transaction).
+pub(crate) struct EnqueueRequest {
+    pub firings: Vec<Firing>,
+    pub routed_events: Vec<String>,
+    pub reply: oneshot::Sender<Result<Vec<FiringOutcome>, EngineError>>,
+}
 
 /// Per-flow token buckets (§5.6): capacity = refill per minute = the configured rate.
 struct Buckets {
@@ -132,17 +138,21 @@ impl Buckets {
 }
 
 /// The enqueue task: batches firings into transactions.
-pub(crate) async fn run_enqueuer(shared: Arc<Shared>, mut rx: mpsc::Receiver<FiringRequest>) {
+pub(crate) async fn run_enqueuer(shared: Arc<Shared>, mut rx: mpsc::Receiver<EnqueueRequest>) {
     let mut buckets = Buckets {
         per_minute: shared.config.flow_rate_limit_per_minute as f64,
         by_flow: HashMap::new(),
     };
-    let mut batch: Vec<FiringRequest> = Vec::new();
+    let mut batch: Vec<EnqueueRequest> = Vec::new();
     while let Some(first) = rx.recv().await {
+        let mut firings = first.firings.len();
         batch.push(first);
-        while batch.len() < 256 {
+        while firings < 512 {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => {
+                    firings += r.firings.len();
+                    batch.push(r);
+                }
                 Err(_) => break,
             }
         }
@@ -151,56 +161,71 @@ pub(crate) async fn run_enqueuer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Fir
     }
 }
 
-async fn commit_batch(shared: &Shared, buckets: &mut Buckets, requests: Vec<FiringRequest>) {
+async fn commit_batch(shared: &Shared, buckets: &mut Buckets, requests: Vec<EnqueueRequest>) {
     let registry: &Registry = &shared.registry;
     // Dedupe lookups need the store; do them before planning.
-    let mut seen: Vec<HashSet<Uuid>> = Vec::with_capacity(requests.len());
-    for (f, _) in &requests {
-        let mut set = HashSet::new();
-        if let (true, Some(inv)) = (f.dedupe_invocation, &f.invocation_id) {
-            let candidates = {
-                let defs = registry.read();
-                bound_flows(&defs, f)
-                    .iter()
-                    .map(|r| r.flow.id)
-                    .collect::<Vec<_>>()
-            };
-            if !candidates.is_empty() {
-                match shared.store.flows_with_invocation(&candidates, inv).await {
-                    Ok(ids) => set.extend(ids),
-                    Err(e) => {
-                        fail_all(requests, e.into());
-                        return;
+    let mut seen: Vec<Vec<HashSet<Uuid>>> = Vec::with_capacity(requests.len());
+    for r in &requests {
+        let mut per_firing = Vec::with_capacity(r.firings.len());
+        for f in &r.firings {
+            let mut set = HashSet::new();
+            if let (true, Some(inv)) = (f.dedupe_invocation, &f.invocation_id) {
+                let candidates = {
+                    let defs = registry.read();
+                    bound_flows(&defs, f)
+                        .iter()
+                        .map(|r| r.flow.id)
+                        .collect::<Vec<_>>()
+                };
+                if !candidates.is_empty() {
+                    match shared.store.flows_with_invocation(&candidates, inv).await {
+                        Ok(ids) => set.extend(ids),
+                        Err(e) => {
+                            fail_all(requests, e.into());
+                            return;
+                        }
                     }
                 }
             }
+            per_firing.push(set);
         }
-        seen.push(set);
+        seen.push(per_firing);
     }
 
     let _guard = registry.lock().await;
     let now = Ts::now();
     let instant = Instant::now();
     let mut plan = Plan::default();
-    let mut outcomes = Vec::with_capacity(requests.len());
+    let mut outcomes: Vec<Vec<FiringOutcome>> = Vec::with_capacity(requests.len());
+    let mut routed: Vec<String> = Vec::new();
     {
         let defs = registry.read();
         let mut taken: HashSet<(Uuid, String)> = HashSet::new();
-        for ((f, _), seen) in requests.iter().zip(&seen) {
-            outcomes.push(plan_firing(
-                &defs, &mut plan, buckets, f, seen, &mut taken, now, instant,
-            ));
+        for (r, seen) in requests.iter().zip(&seen) {
+            routed.extend(r.routed_events.iter().cloned());
+            outcomes.push(
+                r.firings
+                    .iter()
+                    .zip(seen)
+                    .map(|(f, seen)| {
+                        plan_firing(&defs, &mut plan, buckets, f, seen, &mut taken, now, instant)
+                    })
+                    .collect(),
+            );
         }
     }
     let changes: Vec<Change> = plan.flows.into_values().map(Change::PutFlow).collect();
-    let has_pending = !plan.rows.iter().all(|r| r.status != "pending");
-    match registry.apply_with_executions(changes, &plan.rows).await {
+    let has_pending = plan.rows.iter().any(|r| r.status == "pending");
+    match registry
+        .apply_with_executions(changes, &plan.rows, &routed, now.millis())
+        .await
+    {
         Ok(()) => {
             if has_pending {
                 shared.wake.notify_one();
             }
-            for ((_, reply), outcome) in requests.into_iter().zip(outcomes) {
-                let _ = reply.send(Ok(outcome));
+            for (r, outcome) in requests.into_iter().zip(outcomes) {
+                let _ = r.reply.send(Ok(outcome));
             }
         }
         Err(e) => {
@@ -210,9 +235,9 @@ async fn commit_batch(shared: &Shared, buckets: &mut Buckets, requests: Vec<Firi
     }
 }
 
-fn fail_all(requests: Vec<FiringRequest>, e: EngineError) {
-    for (_, reply) in requests {
-        let _ = reply.send(Err(e.clone()));
+fn fail_all(requests: Vec<EnqueueRequest>, e: EngineError) {
+    for r in requests {
+        let _ = r.reply.send(Err(e.clone()));
     }
 }
 

@@ -10,6 +10,7 @@
 //! their cancellation tokens, busy devices) only speed up signalling on this node.
 
 pub mod enqueue;
+pub mod events;
 pub mod health;
 pub mod snapshot;
 pub mod view;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use enqueue::{EventInfo, Firing, FiringOutcome, Origin};
+pub use events::NewEvent;
 
 /// Engine settings (flags / `FLOWRUN_*` environment of `flowrun serve`).
 #[derive(Clone, Debug)]
@@ -92,6 +94,8 @@ pub(crate) struct Shared {
     pub node_id: String,
     /// Wakes the dispatcher (new pending rows, a device or worker slot freed).
     pub wake: Notify,
+    /// Wakes the event router (events stored).
+    pub route_wake: Notify,
     pub running: Mutex<HashMap<Uuid, RunningEntry>>,
     /// Aborts that found no running entry here: a claim racing the abort must not start the
     /// row. Guarded by the `running` lock's discipline (both taken together in order).
@@ -129,10 +133,29 @@ impl Shared {
     }
 }
 
+/// Commits firings (and marks the events they route) in one transaction.
+pub(crate) async fn submit_group(
+    firings_tx: &mpsc::Sender<enqueue::EnqueueRequest>,
+    firings: Vec<Firing>,
+    routed_events: Vec<String>,
+) -> Result<Vec<FiringOutcome>, EngineError> {
+    let (reply, rx) = oneshot::channel();
+    firings_tx
+        .send(enqueue::EnqueueRequest {
+            firings,
+            routed_events,
+            reply,
+        })
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?;
+    rx.await.map_err(|_| EngineError::ShuttingDown)?
+}
+
 /// The running engine of one node.
 pub struct Engine {
     shared: Arc<Shared>,
-    firings: mpsc::Sender<enqueue::FiringRequest>,
+    firings: mpsc::Sender<enqueue::EnqueueRequest>,
+    ingest: mpsc::Sender<events::IngestRequest>,
 }
 
 impl Engine {
@@ -151,6 +174,7 @@ impl Engine {
             executor,
             node_id: format!("node-{}", Uuid::new_v4()),
             wake: Notify::new(),
+            route_wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
             recent_aborts: Mutex::new(HashMap::new()),
             writer,
@@ -162,19 +186,35 @@ impl Engine {
         let (firings, firing_rx) = mpsc::channel(4096);
         tokio::spawn(worker::run_writer(shared.clone(), writes));
         tokio::spawn(enqueue::run_enqueuer(shared.clone(), firing_rx));
+        let (ingest, ingest_rx) = mpsc::channel(16384);
+        tokio::spawn(events::run_ingest_writer(shared.clone(), ingest_rx));
+        tokio::spawn(events::run_router(shared.clone(), firings.clone()));
         tokio::spawn(worker::run_dispatcher(shared.clone()));
         tokio::spawn(worker::run_heartbeat(shared.clone()));
-        Ok(Arc::new(Engine { shared, firings }))
+        Ok(Arc::new(Engine {
+            shared,
+            firings,
+            ingest,
+        }))
     }
 
     /// Fans a firing out and commits its rows; returns once they are durable.
     pub async fn submit(&self, firing: Firing) -> Result<FiringOutcome, EngineError> {
+        let mut out = submit_group(&self.firings, vec![firing], Vec::new()).await?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Stores an event durably (with any event it derives) and returns its id; routing
+    /// happens afterwards, in arrival order.
+    pub async fn ingest(&self, event: NewEvent) -> Result<String, EngineError> {
+        let (id, rows) = events::rows_of(event);
         let (tx, rx) = oneshot::channel();
-        self.firings
-            .send((firing, tx))
+        self.ingest
+            .send((rows, tx))
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
-        rx.await.map_err(|_| EngineError::ShuttingDown)?
+        rx.await.map_err(|_| EngineError::ShuttingDown)??;
+        Ok(id)
     }
 
     /// Aborts a row (§5.8): the store decides; a run held by this node is signalled at once.

@@ -169,7 +169,20 @@ pub struct ReapOutcome {
 pub trait ExecutionStore: Send + Sync {
     /// Inserts new rows (any status; `pending` ones become claimable) and applies the
     /// definition writes (flow documents with new health / gate state) in one transaction.
-    async fn insert_executions(&self, rows: &[ExecutionRow], docs: &[DocWrite]) -> Result<()>;
+    async fn insert_executions(&self, rows: &[ExecutionRow], docs: &[DocWrite]) -> Result<()> {
+        self.insert_executions_routed(rows, docs, &[], 0).await
+    }
+
+    /// [`insert_executions`](Self::insert_executions) that also marks these ingested events
+    /// routed (`routed_at = now_ms`) in the same transaction, so an event's rows exist exactly
+    /// when the event is marked: it is routed exactly once, even across restarts.
+    async fn insert_executions_routed(
+        &self,
+        rows: &[ExecutionRow],
+        docs: &[DocWrite],
+        routed_events: &[String],
+        now_ms: i64,
+    ) -> Result<()>;
 
     /// The flow ids among `flow_ids` that already have a row with this invocation id.
     async fn flows_with_invocation(

@@ -7,11 +7,14 @@
 //! in the store.
 
 mod canonical;
+pub mod events;
 pub mod executions;
+mod pg_events;
 mod pg_exec;
 mod postgres;
 mod registry;
 mod sqlite;
+mod sqlite_events;
 mod sqlite_exec;
 
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use canonical::canonical_json;
+pub use events::{EventRow, EventStore};
 pub use executions::{
     AbortOutcome, ExecFilter, ExecMetrics, ExecOrder, ExecOrderBy, ExecUpdate, ExecutionRow,
     ExecutionStore, ReapOutcome,
@@ -128,7 +132,7 @@ pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 pub const IDEMPOTENCY_STALE_MS: i64 = 5 * 60 * 1000;
 
 #[async_trait]
-pub trait Store: ExecutionStore + Send + Sync + 'static {
+pub trait Store: ExecutionStore + EventStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 

@@ -120,9 +120,18 @@ async fn read_for_update(
 
 #[async_trait]
 impl ExecutionStore for PgStore {
-    async fn insert_executions(&self, rows: &[ExecutionRow], docs: &[DocWrite]) -> Result<()> {
+    async fn insert_executions_routed(
+        &self,
+        rows: &[ExecutionRow],
+        docs: &[DocWrite],
+        routed_events: &[String],
+        now_ms: i64,
+    ) -> Result<()> {
         let now = chrono::Utc::now().timestamp_millis();
         let mut tx = self.writer.begin().await?;
+        for chunk in routed_events.chunks(500) {
+            crate::pg_events::mark_routed(&mut tx, chunk, now_ms).await?;
+        }
         for chunk in rows.chunks(INSERT_CHUNK) {
             let mut qb = QueryBuilder::<Postgres>::new(format!("INSERT INTO executions ({COLS}) "));
             qb.push_values(chunk, |mut b, r| {

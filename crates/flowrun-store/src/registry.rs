@@ -25,6 +25,8 @@ pub struct Defs {
     /// Flow ids by the trigger they are bound to (archived flows included), so routing a
     /// firing never scans every flow.
     flows_by_trigger: HashMap<Uuid, std::collections::BTreeSet<Uuid>>,
+    /// Event trigger ids by event type, so routing an event never scans every trigger.
+    triggers_by_event_type: HashMap<String, std::collections::BTreeSet<Uuid>>,
 }
 
 impl Defs {
@@ -62,6 +64,40 @@ impl Defs {
             .into_iter()
             .flatten()
             .filter_map(move |id| self.flow(owner, *id))
+    }
+
+    /// Event triggers of this owner listening to this event type.
+    pub fn event_triggers<'a>(
+        &'a self,
+        owner: &'a str,
+        event_type: &str,
+    ) -> impl Iterator<Item = &'a Arc<Trigger>> {
+        self.triggers_by_event_type
+            .get(event_type)
+            .into_iter()
+            .flatten()
+            .filter_map(move |id| self.trigger(owner, *id))
+            .filter(move |t| t.activation == "event")
+    }
+
+    fn put_trigger(&mut self, t: Trigger) {
+        self.delete_trigger(t.id);
+        if let Some(ty) = &t.event_type {
+            self.triggers_by_event_type
+                .entry(ty.clone())
+                .or_default()
+                .insert(t.id);
+        }
+        self.triggers.insert(t.id, Arc::new(t));
+    }
+
+    fn delete_trigger(&mut self, id: Uuid) {
+        if let Some(old) = self.triggers.remove(&id)
+            && let Some(ty) = &old.event_type
+            && let Some(set) = self.triggers_by_event_type.get_mut(ty)
+        {
+            set.remove(&id);
+        }
     }
 
     fn put_flow(&mut self, f: FlowRecord) {
@@ -108,12 +144,17 @@ impl Registry {
     /// Loads every definition from the store.
     pub async fn load(store: Arc<dyn Store>) -> Result<Self> {
         let mut defs = Defs {
-            triggers: load_kind(&*store, DocKind::Trigger, |t: &Trigger| t.id).await?,
+            triggers: HashMap::new(),
             actions: load_kind(&*store, DocKind::Action, |a: &Action| a.id).await?,
             flows: HashMap::new(),
             devices: load_kind(&*store, DocKind::Device, |d: &Device| d.id).await?,
             flows_by_trigger: HashMap::new(),
+            triggers_by_event_type: HashMap::new(),
         };
+        let triggers = load_kind(&*store, DocKind::Trigger, |t: &Trigger| t.id).await?;
+        for (_, t) in triggers {
+            defs.put_trigger(Arc::unwrap_or_clone(t));
+        }
         let flows = load_kind(&*store, DocKind::Flow, |f: &FlowRecord| f.flow.id).await?;
         for (_, f) in flows {
             defs.put_flow(Arc::unwrap_or_clone(f));
@@ -141,7 +182,7 @@ impl Registry {
 
     /// Commits the changes to the store in one transaction, then to memory.
     pub async fn apply(&self, changes: Vec<Change>) -> Result<()> {
-        self.apply_with_executions(changes, &[]).await
+        self.apply_with_executions(changes, &[], &[], 0).await
     }
 
     /// Commits the changes and new execution rows in one transaction, then the changes to
@@ -150,6 +191,8 @@ impl Registry {
         &self,
         changes: Vec<Change>,
         rows: &[crate::ExecutionRow],
+        routed_events: &[String],
+        now_ms: i64,
     ) -> Result<()> {
         let mut writes = Vec::with_capacity(changes.len());
         for c in &changes {
@@ -163,17 +206,17 @@ impl Registry {
                 Change::DeleteDevice(id) => del(DocKind::Device, *id),
             });
         }
-        if rows.is_empty() {
+        if rows.is_empty() && routed_events.is_empty() {
             self.store.write_docs(&writes).await?;
         } else {
-            self.store.insert_executions(rows, &writes).await?;
+            self.store
+                .insert_executions_routed(rows, &writes, routed_events, now_ms)
+                .await?;
         }
         let mut defs = self.defs.write().unwrap_or_else(|e| e.into_inner());
         for c in changes {
             match c {
-                Change::PutTrigger(t) => {
-                    defs.triggers.insert(t.id, Arc::new(t));
-                }
+                Change::PutTrigger(t) => defs.put_trigger(t),
                 Change::PutAction(a) => {
                     defs.actions.insert(a.id, Arc::new(a));
                 }
@@ -181,9 +224,7 @@ impl Registry {
                 Change::PutDevice(d) => {
                     defs.devices.insert(d.id, Arc::new(d));
                 }
-                Change::DeleteTrigger(id) => {
-                    defs.triggers.remove(&id);
-                }
+                Change::DeleteTrigger(id) => defs.delete_trigger(id),
                 Change::DeleteAction(id) => {
                     defs.actions.remove(&id);
                 }

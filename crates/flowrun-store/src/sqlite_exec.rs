@@ -123,9 +123,18 @@ async fn read_for_update(
 
 #[async_trait]
 impl ExecutionStore for SqliteStore {
-    async fn insert_executions(&self, rows: &[ExecutionRow], docs: &[DocWrite]) -> Result<()> {
+    async fn insert_executions_routed(
+        &self,
+        rows: &[ExecutionRow],
+        docs: &[DocWrite],
+        routed_events: &[String],
+        now_ms: i64,
+    ) -> Result<()> {
         let now = chrono::Utc::now().timestamp_millis();
         let mut tx = self.writer.begin().await?;
+        for chunk in routed_events.chunks(500) {
+            crate::sqlite_events::mark_routed(&mut tx, chunk, now_ms).await?;
+        }
         for r in rows {
             sqlx::query(&format!(
                 "INSERT INTO executions ({COLS}) VALUES \

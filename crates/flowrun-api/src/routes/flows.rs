@@ -854,9 +854,7 @@ async fn run_flow(
             ),
         ));
     };
-    if trigger.activation == "custom" {
-        super::triggers::check_custom_payload(&trigger, &payload)?;
-    }
+    check_trigger_payload(&trigger, &payload)?;
     let invocation_id = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -885,4 +883,24 @@ async fn run_flow(
         enqueued_count: outcome.enqueued.len() as i64,
         execution_ids: outcome.enqueued,
     }))
+}
+
+/// 422 when a payload fails the trigger's `customPayloadSchema` (custom triggers) or the
+/// event type's catalog field types (event triggers), as `run` and `verify` require.
+pub(crate) fn check_trigger_payload(
+    trigger: &flowrun_core::model::Trigger,
+    payload: &Value,
+) -> ApiResult<()> {
+    match trigger.activation.as_str() {
+        "custom" => super::triggers::check_custom_payload(trigger, payload),
+        "event" => {
+            let (Some(ty), Some(p)) = (&trigger.event_type, payload.as_object()) else {
+                return Ok(());
+            };
+            flowrun_core::appevents::check_payload(ty, p, "payload")
+                .into_result()
+                .map_err(ApiError::validation)
+        }
+        _ => Ok(()),
+    }
 }

@@ -5,6 +5,7 @@ pub mod actions;
 pub mod catalog;
 pub mod common;
 pub mod devices;
+pub mod events;
 pub mod executions;
 pub mod flow_actions;
 pub mod flows;
@@ -26,5 +27,6 @@ pub fn api_router() -> OpenApiRouter<App> {
         .merge(flow_actions::router())
         .merge(devices::router())
         .merge(executions::router())
+        .merge(events::router())
         .merge(timezones::router())
 }

@@ -1,0 +1,124 @@
+//! Events (§3.7): durable ingest, and the app-event catalog.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use flowrun_core::FieldErrors;
+use flowrun_core::appevents::{self, AppEventType};
+use flowrun_core::validate::{Field, Obj, Req};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::common::schema::{DataOf, ErrorBody};
+use super::common::{Caller, Extension, data};
+use crate::App;
+use crate::body::JsonBody;
+use crate::error::{ApiError, ApiResult};
+
+pub fn router() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(ingest_event))
+        .routes(routes!(list_app_events))
+        .routes(routes!(get_app_event))
+}
+
+/// `EventIngestResult` (bare).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventIngestResult {
+    pub event_id: String,
+}
+
+/// A validated event body.
+pub(crate) struct EventBody {
+    pub event_type: String,
+    pub device_id: Option<Uuid>,
+    pub payload: Map<String, Value>,
+}
+
+/// Reads `{eventType, deviceId?, payload?}` (§3.7) and checks the payload against the
+/// catalog entry of known types.
+pub(crate) fn read_event_body(body: &Value) -> Result<EventBody, FieldErrors> {
+    let mut errs = FieldErrors::new();
+    let Some(o) = Obj::root(body, &mut errs) else {
+        return Err(errs);
+    };
+    let event_type = o.string("eventType", Req::Required, 1, 200, &mut errs);
+    let device_id = o.uuid("deviceId", Req::Nullable, &mut errs);
+    let payload = match o.object("payload", Req::Nullable, &mut errs) {
+        Field::Value(p) => p.clone(),
+        _ => Map::new(),
+    };
+    let event_type = match event_type {
+        Field::Value(t) if t.chars().any(char::is_whitespace) => {
+            errs.push(
+                "eventType",
+                "invalid_value",
+                "eventType must not contain whitespace",
+            );
+            String::new()
+        }
+        Field::Value(t) => t,
+        _ => String::new(),
+    };
+    if !event_type.is_empty() {
+        errs.extend(appevents::check_payload(&event_type, &payload, "payload"));
+    }
+    errs.into_result()?;
+    Ok(EventBody {
+        event_type,
+        device_id: match device_id {
+            Field::Value(d) => Some(d),
+            _ => None,
+        },
+        payload,
+    })
+}
+
+/// Ingest an event: stored durably before the 202; matching and fan-out run afterwards.
+#[utoipa::path(post, path = "/events/ingest", tag = "events",
+    request_body = inline(Object),
+    responses((status = 202, body = EventIngestResult), (status = 422, body = ErrorBody)))]
+async fn ingest_event(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody,
+) -> ApiResult<Response> {
+    let ev = read_event_body(&body).map_err(ApiError::validation)?;
+    let event_id = app
+        .engine
+        .ingest(flowrun_engine::NewEvent {
+            owner_id: caller.owner_id.clone(),
+            actor_id: Some(caller.actor_id.clone()),
+            event_type: ev.event_type,
+            device_id: ev.device_id,
+            payload: ev.payload,
+        })
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(EventIngestResult { event_id }),
+    )
+        .into_response())
+}
+
+/// The device and app event types flowrun knows, with their payload fields.
+#[utoipa::path(get, path = "/app-events/catalog", tag = "events",
+    responses((status = 200, body = DataOf<Vec<AppEventType>>)))]
+async fn list_app_events() -> ApiResult<Response> {
+    Ok(data(appevents::catalog()))
+}
+
+/// One app event type.
+#[utoipa::path(get, path = "/app-events/catalog/{appEventType}", tag = "events",
+    params(("appEventType" = String, Path)),
+    responses((status = 200, body = DataOf<AppEventType>), (status = 404, body = ErrorBody)))]
+async fn get_app_event(Path(ty): Path<String>) -> ApiResult<Response> {
+    appevents::entry(&ty)
+        .map(data)
+        .ok_or_else(|| ApiError::not_found("AppEventType", &ty))
+}

@@ -1,0 +1,181 @@
+//! Event ingest and routing (§5.4).
+//!
+//! - Ingest: requests queue their events to one writer task that stores whatever is queued in
+//!   one transaction (group commit), then answers every request of the batch. A 202 is only
+//!   sent once the event is on disk, and throughput does not collapse to one fsync per event.
+//! - Routing: one task reads unrouted events in arrival order, matches the owner's event
+//!   triggers by exact `eventType` (an index, not a scan), evaluates their conditions and hands
+//!   the firings to the enqueuer together with the event ids, which are marked routed in the
+//!   same transaction as the rows they caused: every event is routed exactly once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowrun_core::{Ts, appevents, conditions, new_id};
+use flowrun_store::EventRow;
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::enqueue::{EnqueueRequest, EventInfo, Firing, Origin};
+use crate::{EngineError, Shared};
+
+/// An accepted event, before it is stored.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub owner_id: String,
+    pub actor_id: Option<String>,
+    pub event_type: String,
+    pub device_id: Option<Uuid>,
+    pub payload: Map<String, Value>,
+}
+
+pub(crate) type IngestRequest = (Vec<EventRow>, oneshot::Sender<Result<(), EngineError>>);
+
+/// The stored rows of an event: itself, plus the WhatsApp event it may derive.
+pub(crate) fn rows_of(ev: NewEvent) -> (String, Vec<EventRow>) {
+    let now = Ts::now().millis();
+    let id = new_id().to_string();
+    let derived = appevents::derive_whatsapp(&ev.event_type, &ev.payload);
+    let row = |id: String, event_type: String, payload: String| EventRow {
+        seq: 0,
+        id,
+        owner_id: ev.owner_id.clone(),
+        event_type,
+        device_id: ev.device_id.map(|d| d.to_string()),
+        payload,
+        received_at: now,
+        actor_id: ev.actor_id.clone(),
+        routed_at: None,
+    };
+    let mut rows = vec![row(
+        id.clone(),
+        ev.event_type.clone(),
+        Value::Object(ev.payload.clone()).to_string(),
+    )];
+    if let Some(p) = derived {
+        rows.push(row(
+            new_id().to_string(),
+            "app.whatsapp.message_received".to_string(),
+            p.to_string(),
+        ));
+    }
+    (id, rows)
+}
+
+/// Stores queued events in batches.
+pub(crate) async fn run_ingest_writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<IngestRequest>) {
+    let mut rows: Vec<EventRow> = Vec::new();
+    let mut replies = Vec::new();
+    while let Some((first, reply)) = rx.recv().await {
+        rows.extend(first);
+        replies.push(reply);
+        while rows.len() < 4096 {
+            match rx.try_recv() {
+                Ok((more, reply)) => {
+                    rows.extend(more);
+                    replies.push(reply);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = shared
+            .store
+            .insert_events(&rows)
+            .await
+            .map_err(EngineError::from);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "storing events failed");
+        } else {
+            shared.route_wake.notify_one();
+        }
+        rows.clear();
+        for r in replies.drain(..) {
+            let _ = r.send(result.clone());
+        }
+    }
+}
+
+/// Routes stored events to firings, oldest first.
+pub(crate) async fn run_router(shared: Arc<Shared>, firings: mpsc::Sender<EnqueueRequest>) {
+    loop {
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
+        let batch = match shared.store.unrouted_events(1024).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "reading events to route failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = shared.route_wake.notified() => {}
+                _ = tokio::time::sleep(shared.config.poll_interval) => {}
+                _ = shared.shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+        let group = {
+            let defs = shared.registry.read();
+            let mut group = Vec::new();
+            for ev in &batch {
+                firings_for(&defs, ev, &mut group);
+            }
+            group
+        };
+        if let Err(e) = crate::submit_group(&firings, group, ids).await {
+            tracing::error!(error = %e, "routing events failed; retrying");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The firings an event causes: one per event trigger of its type whose conditions pass.
+fn firings_for(defs: &flowrun_store::Defs, ev: &EventRow, out: &mut Vec<Firing>) {
+    let payload: Value = serde_json::from_str(&ev.payload).unwrap_or_else(|_| json!({}));
+    let received_at = Ts::from_millis(ev.received_at).unwrap_or_else(Ts::now);
+    let event_obj = json!({
+        "eventType": ev.event_type,
+        "deviceId": ev.device_id,
+        "payload": payload,
+        "receivedAt": received_at,
+    });
+    let device_id = ev
+        .device_id
+        .as_deref()
+        .and_then(|d| Uuid::parse_str(d).ok());
+    for trigger in defs.event_triggers(&ev.owner_id, &ev.event_type) {
+        let passes = trigger
+            .conditions
+            .as_ref()
+            .is_none_or(|c| conditions::evaluate_event(c, &event_obj));
+        if !passes {
+            continue;
+        }
+        out.push(Firing {
+            owner_id: ev.owner_id.clone(),
+            actor_id: ev.actor_id.clone(),
+            origin: Origin::Event,
+            trigger_id: trigger.id,
+            only_flow: None,
+            payload: payload.clone(),
+            invocation_id: None,
+            dedupe_invocation: false,
+            event: Some(EventInfo {
+                id: ev.id.clone(),
+                event_type: ev.event_type.clone(),
+                device_id,
+                received_at,
+            }),
+            schedule: Value::Null,
+            verify_device: None,
+            capture_screenshots: false,
+            received_at: None,
+            suppressed: None,
+        });
+    }
+}

@@ -1,0 +1,40 @@
+//! Ingested events (§5.4): stored durably before the 202, then routed exactly once.
+//!
+//! `seq` is the arrival order the router follows. An event is marked routed in the same
+//! transaction that inserts the executions it caused
+//! ([`ExecutionStore::insert_executions_routed`](crate::ExecutionStore::insert_executions_routed)),
+//! so after a crash an event either has its rows and is marked, or has neither and is
+//! routed again.
+
+use async_trait::async_trait;
+
+use crate::Result;
+
+/// One stored event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRow {
+    /// Arrival order (assigned by the store; ignored on insert).
+    pub seq: i64,
+    pub id: String,
+    pub owner_id: String,
+    pub event_type: String,
+    pub device_id: Option<String>,
+    /// JSON object.
+    pub payload: String,
+    pub received_at: i64,
+    /// The actor whose key ingested it.
+    pub actor_id: Option<String>,
+    pub routed_at: Option<i64>,
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Stores the events in one transaction, in slice order.
+    async fn insert_events(&self, events: &[EventRow]) -> Result<()>;
+
+    /// Up to `limit` events not routed yet, in arrival order.
+    async fn unrouted_events(&self, limit: i64) -> Result<Vec<EventRow>>;
+
+    /// How many events are waiting to be routed.
+    async fn count_unrouted_events(&self) -> Result<i64>;
+}
