@@ -1,0 +1,353 @@
+//! flowrun-bench: the load tool behind BENCHMARKS.md.
+//!
+//! It starts from nothing: launches a `flowrun serve` (the binary next to this one, on a
+//! fresh SQLite file, or `--database-url`) or targets a running server (`--url`, `--key`),
+//! provisions what a scenario needs through the public API, drives load and prints throughput
+//! and latency percentiles together with a description of the machine and the build.
+//!
+//! Scenarios:
+//! - `ingest`: accepted events per second and accept latency (`POST /events/ingest`).
+//! - `abort`: abort latency: the abort reply, and the time until the next run waiting for
+//!   the same device starts (the aborted step has really stopped and released the device).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(
+    name = "flowrun-bench",
+    about = "Load scenarios against a flowrun server"
+)]
+struct Cli {
+    /// Target a running server instead of launching one.
+    #[arg(long)]
+    url: Option<String>,
+    /// API key for `--url`.
+    #[arg(long, default_value = "bench-key")]
+    key: String,
+    /// Database of the launched server (default: a fresh SQLite file in a temp dir).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Extra arguments for the launched `flowrun serve`.
+    #[arg(long, allow_hyphen_values = true, num_args = 1..)]
+    serve_arg: Vec<String>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Accepted events/s and accept latency.
+    Ingest {
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Measured seconds (after one second of warm-up).
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+    /// Abort latency of a running step.
+    Abort {
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+    },
+}
+
+struct Target {
+    base: String,
+    key: String,
+    http: reqwest::Client,
+    _server: Option<ServerProcess>,
+}
+
+struct ServerProcess {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Target {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/v1{path}", self.base))
+            .bearer_auth(&self.key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("{path}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn catalog_id(&self, method: &str) -> Result<String> {
+        let list = self.get("/action-catalog?pageSize=100").await?;
+        list["items"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["method"] == method))
+            .and_then(|e| e["id"].as_str())
+            .map(str::to_string)
+            .context("catalog entry")
+    }
+}
+
+fn launch(database_url: Option<String>, extra: &[String]) -> Result<(String, ServerProcess)> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("flowrun");
+    let dir = tempfile::tempdir()?;
+    let db = database_url.unwrap_or_else(|| dir.path().join("bench.db").display().to_string());
+    let mut child = Command::new(&bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db])
+        .args(["--api-key", "bench-key", "--flow-rate-limit", "0"])
+        .args(extra)
+        .env("FLOWRUN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(rest) = line.strip_prefix("flowrun listening on ") {
+            let url = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            std::thread::spawn(move || for _ in lines {});
+            return Ok((url, ServerProcess { child, _dir: dir }));
+        }
+    }
+    bail!("the server exited before listening")
+}
+
+/// Percentiles of latencies in microseconds.
+fn summary(mut us: Vec<u64>) -> String {
+    if us.is_empty() {
+        return "no samples".into();
+    }
+    us.sort_unstable();
+    let p = |q: f64| us[((us.len() as f64 - 1.0) * q).round() as usize] as f64 / 1000.0;
+    format!(
+        "p50 {:.3} ms  p95 {:.3} ms  p99 {:.3} ms  max {:.3} ms  (n = {})",
+        p(0.50),
+        p(0.95),
+        p(0.99),
+        *us.last().unwrap() as f64 / 1000.0,
+        us.len()
+    )
+}
+
+fn describe_machine() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    format!(
+        "{cpus} CPUs ({model}), {build} build, flowrun-bench {}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+async fn ingest(t: Arc<Target>, clients: usize, seconds: f64) -> Result<()> {
+    let warmup = Duration::from_secs(1);
+    let measured = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            let url = format!("{}/v1/events/ingest", t.base);
+            loop {
+                let now = Instant::now();
+                let elapsed = now - start;
+                if elapsed >= warmup + measured {
+                    break;
+                }
+                let body = json!({"eventType": "bench.ingest", "payload": {"client": c, "i": i}});
+                let r = t
+                    .http
+                    .post(&url)
+                    .bearer_auth(&t.key)
+                    .json(&body)
+                    .send()
+                    .await;
+                match r {
+                    Ok(resp) if resp.status().as_u16() == 202 => {
+                        let _ = resp.bytes().await;
+                    }
+                    Ok(resp) => anyhow::bail!("ingest answered {}", resp.status()),
+                    Err(e) => return Err(e.into()),
+                }
+                if elapsed >= warmup {
+                    lat.push(now.elapsed().as_micros() as u64);
+                }
+                i += 1;
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    let rate = all.len() as f64 / measured.as_secs_f64();
+    println!("scenario ingest: {clients} clients, {seconds} s measured");
+    println!("  accepted: {rate:.0} events/s");
+    println!("  accept latency: {}", summary(all));
+    Ok(())
+}
+
+async fn abort(t: Arc<Target>, runs: usize) -> Result<()> {
+    let wait = t.catalog_id("flow.wait").await?;
+    let trigger = t
+        .post(
+            "/triggers",
+            json!({"name": "bench abort", "activation": "custom"}),
+        )
+        .await?["data"]["id"]
+        .as_str()
+        .context("trigger id")?
+        .to_string();
+    let action = t
+        .post(
+            "/actions",
+            json!({"name": "long wait", "catalogEntryId": wait, "params": {"seconds": 600}}),
+        )
+        .await?["data"]["id"]
+        .as_str()
+        .context("action id")?
+        .to_string();
+    let device = t
+        .post(
+            "/devices",
+            json!({"name": "bench phone", "provider": "adb", "address": format!("bench-{}", std::process::id())}),
+        )
+        .await?["data"]["id"]
+        .as_str()
+        .context("device id")?
+        .to_string();
+    let flow = t
+        .post(
+            "/flows",
+            json!({"name": "bench abort", "triggerId": trigger, "deviceIds": [device],
+                   "actions": [{"actionId": action, "position": 0}]}),
+        )
+        .await?["data"]["id"]
+        .as_str()
+        .context("flow id")?
+        .to_string();
+    let run = |t: Arc<Target>, flow: String| async move {
+        let r = t.post(&format!("/flows/{flow}/run"), json!({})).await?;
+        r["data"]["executionIds"][0]
+            .as_str()
+            .map(str::to_string)
+            .context("execution id")
+    };
+    let status = |t: Arc<Target>, id: String| async move {
+        let r = t.get(&format!("/executions/{id}")).await?;
+        Ok::<_, anyhow::Error>(r["data"]["status"].as_str().unwrap_or("").to_string())
+    };
+    let mut reply = Vec::new();
+    let mut handover = Vec::new();
+    let mut current = run(t.clone(), flow.clone()).await?;
+    while status(t.clone(), current.clone()).await? != "running" {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for _ in 0..runs {
+        // The next run waits for the device the current one holds.
+        let next = run(t.clone(), flow.clone()).await?;
+        let t0 = Instant::now();
+        t.post(&format!("/executions/{current}/abort"), json!({}))
+            .await?;
+        reply.push(t0.elapsed().as_micros() as u64);
+        while status(t.clone(), next.clone()).await? != "running" {
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("the next run did not start after an abort");
+            }
+        }
+        handover.push(t0.elapsed().as_micros() as u64);
+        current = next;
+    }
+    t.post(&format!("/executions/{current}/abort"), json!({}))
+        .await?;
+    println!("scenario abort: {runs} aborts of a running flow.wait");
+    println!("  abort reply: {}", summary(reply));
+    println!(
+        "  abort sent → next run on the device running (step cancelled, device released, next claimed; polled): {}",
+        summary(handover)
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let (base, key, server) = match &cli.url {
+        Some(u) => (u.trim_end_matches('/').to_string(), cli.key.clone(), None),
+        None => {
+            let (u, p) = launch(cli.database_url.clone(), &cli.serve_arg)?;
+            (u, "bench-key".to_string(), Some(p))
+        }
+    };
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let t = Arc::new(Target {
+        base,
+        key,
+        http,
+        _server: server,
+    });
+    println!("machine: {}", describe_machine());
+    match cli.scenario {
+        Scenario::Ingest { clients, seconds } => ingest(t.clone(), clients, seconds).await?,
+        Scenario::Abort { runs } => abort(t.clone(), runs).await?,
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! The load tool runs end to end with small numbers (it launches the `flowrun` binary built
+//! next to it, provisions through the API and prints its figures).
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowrun-bench"))
+        .args(args)
+        .output()
+        .expect("run flowrun-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "flowrun-bench {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn ingest_scenario_reports_throughput_and_latency() {
+    let out = bench(&["ingest", "--clients", "4", "--seconds", "0.5"]);
+    assert!(out.contains("machine: "), "{out}");
+    assert!(out.contains("events/s"), "{out}");
+    assert!(out.contains("p99"), "{out}");
+}
+
+#[test]
+fn abort_scenario_reports_latencies() {
+    let out = bench(&["abort", "--runs", "3"]);
+    assert!(out.contains("abort reply: p50"), "{out}");
+    assert!(out.contains("(n = 3)"), "{out}");
+}
