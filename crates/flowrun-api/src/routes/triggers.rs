@@ -530,7 +530,8 @@ async fn fire_trigger(
                 "Trigger {id} is a {} trigger; only custom triggers can be fired",
                 trigger.activation
             ),
-        ));
+        )
+        .with_details(serde_json::json!({ "activation": trigger.activation })));
     }
     let payload = match body.get("payload") {
         None | Some(Value::Null) => {

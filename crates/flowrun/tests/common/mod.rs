@@ -26,7 +26,14 @@ pub struct Server {
     pub other_key: String,
     pub database_url: String,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    /// The server's working directory (holds the SQLite file); handed on by [`Server::restart`].
+    dir: Option<tempfile::TempDir>,
+    /// Extra `serve` arguments and environment, reused by [`Server::restart`].
+    extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
+    /// Whether dropping this server drops its PostgreSQL database (false once a restarted
+    /// server has taken it over).
+    owns_database: bool,
 }
 
 pub struct Resp {
@@ -120,6 +127,11 @@ impl Server {
 
     /// Starts a server with extra `serve` arguments.
     pub async fn start_with(extra: &[&str]) -> Server {
+        Self::start_env(extra, &[]).await
+    }
+
+    /// Starts a server with extra `serve` arguments and extra environment variables.
+    pub async fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let database_url = match std::env::var("FLOWRUN_TEST_DATABASE_URL") {
             Ok(admin) if !admin.is_empty() => fresh_pg_database(&admin).await,
@@ -143,6 +155,27 @@ impl Server {
             String::from_utf8_lossy(&out.stderr)
         );
         let other_key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        Self::launch(
+            dir,
+            database_url,
+            other_key,
+            extra.iter().map(|a| a.to_string()).collect(),
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .await
+    }
+
+    /// Spawns `flowrun serve` on an existing database and waits until it listens.
+    async fn launch(
+        dir: tempfile::TempDir,
+        database_url: String,
+        other_key: String,
+        extra_args: Vec<String>,
+        extra_env: Vec<(String, String)>,
+    ) -> Server {
+        let bin = env!("CARGO_BIN_EXE_flowrun");
         let mut child = Command::new(bin)
             .args([
                 "serve",
@@ -152,8 +185,9 @@ impl Server {
                 &database_url,
             ])
             .args(["--api-key", KEY])
-            .args(extra)
+            .args(&extra_args)
             .env("FLOWRUN_LOG", "warn")
+            .envs(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -186,8 +220,32 @@ impl Server {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
-            _dir: dir,
+            dir: Some(dir),
+            extra_args,
+            extra_env,
+            owns_database: true,
         }
+    }
+
+    /// Kills the server process with SIGKILL (no shutdown of any kind) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills this server with SIGKILL (if still running) and starts a new one on the same
+    /// database, working directory, arguments and environment; the new server takes over the
+    /// database (dropped with it).
+    pub async fn restart(mut self) -> Server {
+        self.kill();
+        self.owns_database = false;
+        let dir = self.dir.take().expect("server directory");
+        let database_url = self.database_url.clone();
+        let other_key = self.other_key.clone();
+        let extra_args = std::mem::take(&mut self.extra_args);
+        let extra_env = std::mem::take(&mut self.extra_env);
+        drop(self);
+        Self::launch(dir, database_url, other_key, extra_args, extra_env).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -269,6 +327,7 @@ impl Drop for Server {
         // A PostgreSQL database made for this server is dropped with it.
         if let Ok(admin) = std::env::var("FLOWRUN_TEST_DATABASE_URL")
             && !admin.is_empty()
+            && self.owns_database
             && let Some((_, name)) = self.database_url.rsplit_once('/')
         {
             let _ = Command::new("psql")
