@@ -1020,14 +1020,37 @@ impl Run {
         })
     }
 
+    /// `flow.if` (§5.2): a path whose first segment is a template root resolves in the
+    /// template context; any other path resolves under `event.payload`.
     fn evaluate_condition(&self, condition: &Value) -> bool {
         let mut paths = Vec::new();
         collect_paths(condition, &mut paths);
         let scope = self.scope();
+        let roots: Vec<String> = templates::template_context(scope.version)["roots"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let is_root = |first: &str| {
+            roots.iter().any(|r| r == first)
+                || (scope.version < 3 && first == "payload")
+                || self
+                    .loop_ctx
+                    .as_ref()
+                    .is_some_and(|l| l.item_variable == first)
+        };
         let values: HashMap<String, Value> = paths
             .into_iter()
             .filter_map(|p| {
-                let token = format!("{{{{{p}}}}}");
+                let first = conditions::parse_path(&p)?.into_iter().next()?;
+                let token = if is_root(&first) {
+                    format!("{{{{{p}}}}}")
+                } else {
+                    format!("{{{{event.payload.{p}}}}}")
+                };
                 templates::resolve_string(&token, &scope)
                     .ok()
                     .map(|v| (p, v))

@@ -2480,7 +2480,6 @@ async fn a_killed_server_resumes_at_the_interrupted_step() {
 /// §5.2: in `flow.if` a path whose first segment is not a template root resolves under
 /// `event.payload` (`flag` ≡ `event.payload.flag`).
 #[tokio::test]
-#[ignore = "product bug: flow.if treats a bare path (`flag`) as missing instead of event.payload.flag"]
 async fn flow_if_bare_paths_resolve_under_the_event_payload() {
     let k = Kit::start(&[]).await;
     let t = k.trigger("Bare").await;
