@@ -106,20 +106,38 @@ pub(crate) struct EnqueueRequest {
     pub reply: oneshot::Sender<Result<Vec<FiringOutcome>, EngineError>>,
 }
 
-/// Per-flow token buckets (§5.6): capacity = refill per minute = the configured rate.
-struct Buckets {
+/// Per-flow token buckets (§5.6): capacity = refill per minute = the configured rate. Owned
+/// by [`Shared`] so dry-runs can read a level without taking a token.
+pub(crate) struct Buckets {
     per_minute: f64,
     by_flow: HashMap<Uuid, (f64, Instant)>,
 }
 
 impl Buckets {
-    fn level(&mut self, flow: Uuid, now: Instant) -> &mut f64 {
+    pub(crate) fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute: per_minute as f64,
+            by_flow: HashMap::new(),
+        }
+    }
+
+    /// The level a bucket would have at `now`, without changing it.
+    fn peek(&self, flow: Uuid, now: Instant) -> f64 {
         let cap = self.per_minute;
-        let (tokens, at) = self.by_flow.entry(flow).or_insert((cap, now));
-        let refill = now.duration_since(*at).as_secs_f64() * cap / 60.0;
-        *tokens = (*tokens + refill).min(cap);
-        *at = now;
-        tokens
+        match self.by_flow.get(&flow) {
+            None => cap,
+            Some((tokens, at)) => {
+                let refill = now.saturating_duration_since(*at).as_secs_f64() * cap / 60.0;
+                (*tokens + refill).min(cap)
+            }
+        }
+    }
+
+    fn level(&mut self, flow: Uuid, now: Instant) -> &mut f64 {
+        let level = self.peek(flow, now);
+        let entry = self.by_flow.entry(flow).or_insert((level, now));
+        *entry = (level, now);
+        &mut entry.0
     }
 
     /// Takes a token when one is left.
@@ -135,14 +153,15 @@ impl Buckets {
             false
         }
     }
+
+    /// Whether no whole token is left (dry-runs: informational, nothing is taken).
+    pub(crate) fn exhausted(&self, flow: Uuid, now: Instant) -> bool {
+        self.per_minute > 0.0 && self.peek(flow, now) < 1.0
+    }
 }
 
 /// The enqueue task: batches firings into transactions.
 pub(crate) async fn run_enqueuer(shared: Arc<Shared>, mut rx: mpsc::Receiver<EnqueueRequest>) {
-    let mut buckets = Buckets {
-        per_minute: shared.config.flow_rate_limit_per_minute as f64,
-        by_flow: HashMap::new(),
-    };
     let mut batch: Vec<EnqueueRequest> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut firings = first.firings.len();
@@ -157,11 +176,11 @@ pub(crate) async fn run_enqueuer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Enq
             }
         }
         let requests = std::mem::take(&mut batch);
-        commit_batch(&shared, &mut buckets, requests).await;
+        commit_batch(&shared, requests).await;
     }
 }
 
-async fn commit_batch(shared: &Shared, buckets: &mut Buckets, requests: Vec<EnqueueRequest>) {
+async fn commit_batch(shared: &Shared, requests: Vec<EnqueueRequest>) {
     let registry: &Registry = &shared.registry;
     // Dedupe lookups need the store; do them before planning.
     let mut seen: Vec<Vec<HashSet<Uuid>>> = Vec::with_capacity(requests.len());
@@ -200,6 +219,7 @@ async fn commit_batch(shared: &Shared, buckets: &mut Buckets, requests: Vec<Enqu
     let mut routed: Vec<String> = Vec::new();
     {
         let defs = registry.read();
+        let mut buckets = shared.buckets();
         let mut taken: HashSet<(Uuid, String)> = HashSet::new();
         for (r, seen) in requests.iter().zip(&seen) {
             routed.extend(r.routed_events.iter().cloned());
@@ -208,7 +228,16 @@ async fn commit_batch(shared: &Shared, buckets: &mut Buckets, requests: Vec<Enqu
                     .iter()
                     .zip(seen)
                     .map(|(f, seen)| {
-                        plan_firing(&defs, &mut plan, buckets, f, seen, &mut taken, now, instant)
+                        plan_firing(
+                            &defs,
+                            &mut plan,
+                            &mut buckets,
+                            f,
+                            seen,
+                            &mut taken,
+                            now,
+                            instant,
+                        )
                     })
                     .collect(),
             );
@@ -415,17 +444,19 @@ fn plan_firing(
         // Targets (§5.5).
         let targets: Vec<Option<Uuid>> = if f.origin == Origin::Verify {
             vec![f.verify_device]
-        } else if !rec.flow.device_ids.is_empty() {
-            match f.event.as_ref().and_then(|e| e.device_id) {
-                Some(d) if rec.flow.device_ids.contains(&d) => vec![Some(d)],
-                Some(_) => continue,
-                None => rec.flow.device_ids.iter().copied().map(Some).collect(),
-            }
-        } else if !needs_device {
-            vec![None]
         } else {
-            skip(plan, &mut out, None, "no_device");
-            continue;
+            match targets_of(
+                &rec,
+                needs_device,
+                f.event.as_ref().and_then(|e| e.device_id),
+            ) {
+                Targets::Run(t) => t,
+                Targets::NotBound => continue,
+                Targets::NoDevice => {
+                    skip(plan, &mut out, None, "no_device");
+                    continue;
+                }
+            }
         };
         if f.origin == Origin::Verify {
             enqueue(plan, &mut out, targets[0]);
@@ -433,11 +464,8 @@ fn plan_firing(
         }
 
         let run = f.origin == Origin::Run;
-        let cooldown_ms = rec.flow.cooldown_seconds.unwrap_or(0).max(0) * 1000;
+        let window_ms = cooldown_ms(&rec);
         let device_scope = rec.flow.cooldown_scope == "device";
-        let flow_cooling = cooldown_ms > 0
-            && !device_scope
-            && rec.gates.cooldown_until.is_some_and(|u| u > now_ms);
         let mut enqueued_here = 0;
         for target in targets {
             // A device deleted since the flow was bound (deletes are refused while in use,
@@ -450,17 +478,8 @@ fn plan_firing(
                 skip(plan, &mut out, target, "blocked");
                 continue;
             }
-            let device_key = target.map(|d| d.to_string()).unwrap_or_default();
-            let cooling = cooldown_ms > 0
-                && if device_scope {
-                    rec.gates
-                        .device_cooldown_until
-                        .get(&device_key)
-                        .is_some_and(|u| *u > now_ms)
-                } else {
-                    flow_cooling
-                };
-            if cooling && !run {
+            let key = device_key(target);
+            if in_cooldown(&rec, target, now_ms) && !run {
                 skip(plan, &mut out, target, "cooldown_active");
                 continue;
             }
@@ -470,18 +489,18 @@ fn plan_firing(
             }
             enqueue(plan, &mut out, target);
             enqueued_here += 1;
-            if cooldown_ms > 0 && device_scope {
+            if window_ms > 0 && device_scope {
                 rec.gates
                     .device_cooldown_until
-                    .insert(device_key, now_ms + cooldown_ms);
+                    .insert(key, now_ms + window_ms);
             }
         }
         let mut changed = false;
         if enqueued_here > 0 {
             rec.flow.last_triggered_at = Some(now);
             changed = true;
-            if cooldown_ms > 0 && !device_scope {
-                rec.gates.cooldown_until = Some(now_ms + cooldown_ms);
+            if window_ms > 0 && !device_scope {
+                rec.gates.cooldown_until = Some(now_ms + window_ms);
             }
             if device_scope {
                 // Windows that ended are dropped so the map does not grow without bound.
@@ -493,4 +512,105 @@ fn plan_firing(
         }
     }
     out
+}
+
+/// Where a firing of a flow runs (§5.5), before the per-target gates.
+enum Targets {
+    /// One execution per entry (`None` = the device-free target).
+    Run(Vec<Option<Uuid>>),
+    /// An event from a device the flow is not bound to: the flow produces nothing.
+    NotBound,
+    /// No device bound while a step needs one: one `skipped` / `no_device` row.
+    NoDevice,
+}
+
+fn targets_of(rec: &FlowRecord, needs_device: bool, event_device: Option<Uuid>) -> Targets {
+    if !rec.flow.device_ids.is_empty() {
+        match event_device {
+            Some(d) if rec.flow.device_ids.contains(&d) => Targets::Run(vec![Some(d)]),
+            Some(_) => Targets::NotBound,
+            None => Targets::Run(rec.flow.device_ids.iter().copied().map(Some).collect()),
+        }
+    } else if !needs_device {
+        Targets::Run(vec![None])
+    } else {
+        Targets::NoDevice
+    }
+}
+
+fn cooldown_ms(rec: &FlowRecord) -> i64 {
+    rec.flow.cooldown_seconds.unwrap_or(0).max(0) * 1000
+}
+
+/// The cooldown key of a target (scope `device`; `""` = the null device).
+fn device_key(target: Option<Uuid>) -> String {
+    target.map(|d| d.to_string()).unwrap_or_default()
+}
+
+/// Whether a cooldown window covering this target is open at `now_ms` (§5.6).
+fn in_cooldown(rec: &FlowRecord, target: Option<Uuid>, now_ms: i64) -> bool {
+    if cooldown_ms(rec) <= 0 {
+        return false;
+    }
+    if rec.flow.cooldown_scope == "device" {
+        rec.gates
+            .device_cooldown_until
+            .get(&device_key(target))
+            .is_some_and(|u| *u > now_ms)
+    } else {
+        rec.gates.cooldown_until.is_some_and(|u| u > now_ms)
+    }
+}
+
+/// The gates of one flow for a simulated firing (dry-runs, §5.6), decided exactly as a firing
+/// would decide them but without any side effect. `rateLimited` is not part of it (see
+/// [`crate::Engine::rate_limited`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatesReport {
+    /// Lifecycle `enabled`.
+    pub enabled: bool,
+    /// At least one target exists (§5.5).
+    pub device_attached: bool,
+    /// The devices the firing would target (empty for a device-free target).
+    pub device_ids: Vec<Uuid>,
+    pub blocked: bool,
+    /// `None` without a cooldown; scope `device`: true only when every target is cooling
+    /// (`None` when there is no target).
+    pub cooldown_active: Option<bool>,
+    /// The targets that would get a row (`None` = device-free).
+    pub targets: Vec<Option<Uuid>>,
+}
+
+/// [`GatesReport`] of `rec` for an event from `event_device` (or any other origin: `None`).
+pub fn gates_report(
+    defs: &Defs,
+    rec: &FlowRecord,
+    event_device: Option<Uuid>,
+    now_ms: i64,
+) -> GatesReport {
+    let steps = snapshot::steps_of(defs, rec);
+    let targets: Vec<Option<Uuid>> =
+        match targets_of(rec, snapshot::needs_device(&steps), event_device) {
+            // A device deleted since the flow was bound gets a `no_device` row.
+            Targets::Run(t) => t
+                .into_iter()
+                .filter(|d| d.is_none_or(|d| defs.device(&rec.flow.owner_id, d).is_some()))
+                .collect(),
+            Targets::NotBound | Targets::NoDevice => Vec::new(),
+        };
+    let cooldown_active = if cooldown_ms(rec) <= 0 {
+        None
+    } else if rec.flow.cooldown_scope == "device" {
+        (!targets.is_empty()).then(|| targets.iter().all(|t| in_cooldown(rec, *t, now_ms)))
+    } else {
+        Some(in_cooldown(rec, None, now_ms))
+    };
+    GatesReport {
+        enabled: rec.flow.enabled,
+        device_attached: !targets.is_empty(),
+        device_ids: targets.iter().flatten().copied().collect(),
+        blocked: rec.flow.status == "blocked",
+        cooldown_active,
+        targets,
+    }
 }

@@ -27,7 +27,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use enqueue::{EventInfo, Firing, FiringOutcome, Origin};
+pub use enqueue::{EventInfo, Firing, FiringOutcome, GatesReport, Origin, gates_report};
 pub use events::NewEvent;
 
 /// Engine settings (flags / `FLOWRUN_*` environment of `flowrun serve`).
@@ -102,11 +102,17 @@ pub(crate) struct Shared {
     pub recent_aborts: Mutex<HashMap<Uuid, std::time::Instant>>,
     pub writer: mpsc::UnboundedSender<worker::WriteRequest>,
     pub shutdown: CancellationToken,
+    /// Per-flow rate-limit buckets: taken by the enqueuer, read by dry-runs.
+    pub buckets: Mutex<enqueue::Buckets>,
 }
 
 impl Shared {
     pub fn running(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, RunningEntry>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn buckets(&self) -> std::sync::MutexGuard<'_, enqueue::Buckets> {
+        self.buckets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn recent_aborts(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, std::time::Instant>> {
@@ -167,6 +173,7 @@ impl Engine {
     ) -> Result<Arc<Engine>, EngineError> {
         let store = registry.store().clone();
         let (writer, writes) = mpsc::unbounded_channel();
+        let buckets = enqueue::Buckets::new(config.flow_rate_limit_per_minute);
         let shared = Arc::new(Shared {
             registry,
             store,
@@ -179,6 +186,7 @@ impl Engine {
             recent_aborts: Mutex::new(HashMap::new()),
             writer,
             shutdown: CancellationToken::new(),
+            buckets: Mutex::new(buckets),
         });
         if shared.config.exclusive_store {
             worker::reap(&shared, true).await?;
@@ -254,6 +262,14 @@ impl Engine {
             .values()
             .filter_map(|e| e.device)
             .collect()
+    }
+
+    /// Whether the flow's rate-limit bucket has no whole token left (§5.6; dry-runs report it
+    /// as `rateLimited` and never take one).
+    pub fn rate_limited(&self, flow_id: Uuid) -> bool {
+        self.shared
+            .buckets()
+            .exhausted(flow_id, std::time::Instant::now())
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

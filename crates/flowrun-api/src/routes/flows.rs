@@ -165,7 +165,7 @@ fn set_enabled(f: &mut Flow, on: bool) {
 }
 
 /// Every setting of `FlowCreate`/`FlowUpdate` as sent; references already checked.
-struct Settings {
+pub(crate) struct Settings {
     name: Field<String>,
     description: Field<String>,
     trigger_id: Field<Uuid>,
@@ -184,7 +184,7 @@ struct Settings {
     delivery: Field<DeliveryConfig>,
 }
 
-fn read_settings(
+pub(crate) fn read_settings(
     o: &Obj<'_>,
     create: bool,
     defs: &Defs,

@@ -5,6 +5,7 @@ pub mod actions;
 pub mod catalog;
 pub mod common;
 pub mod devices;
+pub mod dry_runs;
 pub mod events;
 pub mod executions;
 pub mod flow_actions;
@@ -12,6 +13,7 @@ pub mod flows;
 pub mod ops;
 pub mod timezones;
 pub mod triggers;
+pub mod verification;
 
 use utoipa_axum::router::OpenApiRouter;
 
@@ -24,6 +26,8 @@ pub fn api_router() -> OpenApiRouter<App> {
         .merge(catalog::router())
         .merge(actions::router())
         .merge(flows::router())
+        .merge(verification::router())
+        .merge(dry_runs::router())
         .merge(flow_actions::router())
         .merge(devices::router())
         .merge(executions::router())
