@@ -3,6 +3,10 @@
 //! Configuration comes from flags with `FLOWRUN_*` environment fallbacks and is checked
 //! before anything starts, so a bad setting fails at once with a clear message.
 
+// The allocator matters on the hot paths (many small JSON values per request).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::Duration;
 
