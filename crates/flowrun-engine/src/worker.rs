@@ -164,7 +164,12 @@ pub(crate) async fn run_heartbeat(shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => return,
         }
         let until = Ts::now().millis() + shared.config.lease.as_millis() as i64;
-        if let Err(e) = shared.store.renew_leases(&shared.node_id, until).await {
+        let ids: Vec<Uuid> = shared.running().keys().copied().collect();
+        if let Err(e) = shared
+            .store
+            .renew_leases(&shared.node_id, &ids, until)
+            .await
+        {
             tracing::warn!(error = %e, "lease renewal failed");
         }
         if let Err(e) = reap(&shared, false).await {

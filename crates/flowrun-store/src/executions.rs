@@ -237,8 +237,15 @@ pub trait ExecutionStore: Send + Sync {
     /// Applies lease-fenced writes in one transaction; returns, per update, whether it applied.
     async fn apply_exec_updates(&self, updates: &[ExecUpdate]) -> Result<Vec<bool>>;
 
-    /// Extends every lease held by `lease_owner`; returns how many rows it holds.
-    async fn renew_leases(&self, lease_owner: &str, lease_expires_at: i64) -> Result<u64>;
+    /// Extends the leases of these rows while `lease_owner` still holds them (the runs this
+    /// node is executing now; a row whose run ended without a terminal write is not renewed,
+    /// so its lease expires and the reaper takes it); returns how many were extended.
+    async fn renew_leases(
+        &self,
+        lease_owner: &str,
+        ids: &[Uuid],
+        lease_expires_at: i64,
+    ) -> Result<u64>;
 
     /// Reclaims `running` rows whose lease expired before `now_ms` — or, with
     /// `all_of_other_owners`, every `running` row not held by `keep_owner` (start-up of a

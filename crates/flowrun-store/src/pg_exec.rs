@@ -408,12 +408,23 @@ impl ExecutionStore for PgStore {
         Ok(applied)
     }
 
-    async fn renew_leases(&self, lease_owner: &str, lease_expires_at: i64) -> Result<u64> {
+    async fn renew_leases(
+        &self,
+        lease_owner: &str,
+        ids: &[Uuid],
+        lease_expires_at: i64,
+    ) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
         Ok(sqlx::query(
-            "UPDATE executions SET lease_expires_at = $1 WHERE lease_owner = $2 AND status = 'running'",
+            "UPDATE executions SET lease_expires_at = $1 WHERE lease_owner = $2 AND status = 'running' \
+             AND id = ANY($3)",
         )
         .bind(lease_expires_at)
         .bind(lease_owner)
+        .bind(&ids)
         .execute(&self.writer)
         .await?
         .rows_affected())

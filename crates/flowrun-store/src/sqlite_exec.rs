@@ -402,12 +402,22 @@ impl ExecutionStore for SqliteStore {
         Ok(applied)
     }
 
-    async fn renew_leases(&self, lease_owner: &str, lease_expires_at: i64) -> Result<u64> {
+    async fn renew_leases(
+        &self,
+        lease_owner: &str,
+        ids: &[Uuid],
+        lease_expires_at: i64,
+    ) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
         Ok(sqlx::query(
-            "UPDATE executions SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'running'",
+            "UPDATE executions SET lease_expires_at = ? WHERE lease_owner = ? AND status = 'running' \
+             AND id IN (SELECT value FROM json_each(?))",
         )
         .bind(lease_expires_at)
         .bind(lease_owner)
+        .bind(json_ids(ids))
         .execute(&self.writer)
         .await?
         .rows_affected())

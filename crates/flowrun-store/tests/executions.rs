@@ -411,7 +411,7 @@ async fn abort_pending_running_terminal_and_unknown() {
         assert_eq!(late, vec![false, false]);
         assert_eq!(get(&db, 2).await, stored);
         // node-1 holds no lease any more.
-        assert_eq!(db.renew_leases("node-1", 9999).await.unwrap(), 0);
+        assert_eq!(db.renew_leases("node-1", &[id(2)], 9999).await.unwrap(), 0);
 
         assert_eq!(
             db.abort_execution(OWNER, id(77), 1, &cancelled_state)
@@ -610,10 +610,20 @@ async fn reaper_takes_every_row_of_other_owners_at_start_up_and_leases_renew() {
             .await
             .unwrap();
 
-        assert_eq!(db.renew_leases("old", 2_000_000).await.unwrap(), 2);
+        assert_eq!(
+            db.renew_leases("old", &[id(1), id(2), id(3)], 2_000_000)
+                .await
+                .unwrap(),
+            2
+        );
         assert_eq!(get(&db, 1).await.lease_expires_at, Some(2_000_000));
         assert_eq!(get(&db, 3).await.lease_expires_at, Some(1_000_000));
-        assert_eq!(db.renew_leases("nobody", 5).await.unwrap(), 0);
+        assert_eq!(
+            db.renew_leases("nobody", &[id(1), id(2), id(3)], 5)
+                .await
+                .unwrap(),
+            0
+        );
 
         // Leases not expired: nothing without the flag.
         let reaped = db
@@ -627,8 +637,18 @@ async fn reaper_takes_every_row_of_other_owners_at_start_up_and_leases_renew() {
             .unwrap();
         assert_eq!(reaped.requeued, vec![id(1), id(2)]);
         assert_eq!(get(&db, 3).await.status, "running");
-        assert_eq!(db.renew_leases("old", 3_000_000).await.unwrap(), 0);
-        assert_eq!(db.renew_leases("new", 3_000_000).await.unwrap(), 1);
+        assert_eq!(
+            db.renew_leases("old", &[id(1), id(2), id(3)], 3_000_000)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            db.renew_leases("new", &[id(1), id(2), id(3)], 3_000_000)
+                .await
+                .unwrap(),
+            1
+        );
     })
     .await;
 }
