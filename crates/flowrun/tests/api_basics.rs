@@ -49,6 +49,21 @@ async fn healthz_and_openapi_need_no_key() {
         ("/devices", &["get", "post"]),
         ("/devices/{deviceId}", &["get", "patch", "delete"]),
         ("/timezones", &["get"]),
+        ("/triggers/{triggerId}/fire", &["post"]),
+        ("/flows/{flowId}/run", &["post"]),
+        ("/flows/{flowId}/dry-run", &["post"]),
+        ("/flows/{flowId}/verify", &["post"]),
+        ("/flows/{flowId}/activate", &["post"]),
+        ("/flows/validate", &["post"]),
+        ("/flows/template-context", &["get"]),
+        ("/events/ingest", &["post"]),
+        ("/events/dry-run", &["post"]),
+        ("/app-events/catalog", &["get"]),
+        ("/app-events/catalog/{appEventType}", &["get"]),
+        ("/executions", &["get"]),
+        ("/executions/metrics", &["get"]),
+        ("/executions/{executionId}", &["get"]),
+        ("/executions/{executionId}/abort", &["post"]),
     ];
     for (path, methods) in expected {
         let ops = paths
