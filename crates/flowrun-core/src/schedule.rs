@@ -1614,4 +1614,633 @@ mod tests {
         assert!(Schedule::compile(&rule("once", "2026-01-01T00:00:00"), None, created).is_err());
         assert!(Schedule::compile(&rule("cron", "* * * * *"), Some("Nope/Nope"), created).is_err());
     }
+
+    // --- properties ---------------------------------------------------------------------
+    //
+    // Random cron and RRULE rules in zones with DST (one with a 30-minute shift, one at
+    // +12:45), over windows that often start just before a transition: the occurrences are
+    // strictly increasing, every one falls on its own wall-clock time or on the end of a
+    // spring-forward gap (never inside a gap), no wall-clock time fires twice across a
+    // fall-back overlap, and the sequence equals an independent computation — the rule's
+    // wall-clock times enumerated directly from its fields, each mapped to an instant using
+    // only UTC → local conversions.
+
+    use chrono::{Datelike, Weekday};
+
+    const PROP_ZONES: [&str; 8] = [
+        "Europe/Berlin",
+        "America/New_York",
+        "Australia/Lord_Howe",
+        "Pacific/Chatham",
+        "America/St_Johns",
+        "Europe/London",
+        "Asia/Kolkata",
+        "UTC",
+    ];
+    /// Occurrences compared per rule (a year, or fewer for frequent rules).
+    const PROP_CAP: usize = 1500;
+
+    /// Rules per property test; `FLOWRUN_PROP_CASES` runs more, `FLOWRUN_PROP_SEED` others.
+    fn prop_cases() -> (u64, usize) {
+        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+        (
+            var("FLOWRUN_PROP_SEED").unwrap_or(0),
+            var("FLOWRUN_PROP_CASES").map_or(60, |n| n as usize),
+        )
+    }
+
+    /// SplitMix64: a small deterministic generator, so failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u32) -> u32 {
+            (self.next() % u64::from(n)) as u32
+        }
+
+        fn range(&mut self, lo: u32, hi: u32) -> u32 {
+            lo + self.below(hi - lo + 1)
+        }
+
+        fn chance(&mut self, percent: u32) -> bool {
+            self.below(100) < percent
+        }
+
+        fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+            &xs[self.below(xs.len() as u32) as usize]
+        }
+
+        /// `k` distinct sorted values in `lo..=hi`.
+        fn distinct(&mut self, k: usize, lo: u32, hi: u32) -> Vec<u32> {
+            let mut v: Vec<u32> = Vec::new();
+            while v.len() < k {
+                let x = self.range(lo, hi);
+                if !v.contains(&x) {
+                    v.push(x);
+                }
+            }
+            v.sort_unstable();
+            v
+        }
+    }
+
+    fn tz_of(name: &str) -> Tz {
+        timezones::zone(name).unwrap()
+    }
+
+    fn local_of(tz: Tz, u: DateTime<Utc>) -> NaiveDateTime {
+        u.with_timezone(&tz).naive_local()
+    }
+
+    fn offset_secs(tz: Tz, u: DateTime<Utc>) -> i64 {
+        i64::from(
+            tz.offset_from_utc_datetime(&u.naive_utc())
+                .fix()
+                .local_minus_utc(),
+        )
+    }
+
+    /// The instant a wall-clock time fires at, computed only from UTC → local conversions:
+    /// the earliest instant showing exactly `l`, else (a gap) the first instant whose local
+    /// time is later than `l`, found by bisection across the transition.
+    fn independent_instant(tz: Tz, l: NaiveDateTime) -> DateTime<Utc> {
+        let as_utc = l.and_utc();
+        let mut offsets: Vec<i64> = [-2, -1, 0, 1, 2]
+            .iter()
+            .map(|d| offset_secs(tz, as_utc + Duration::days(*d)))
+            .collect();
+        offsets.sort_unstable();
+        offsets.dedup();
+        let exact = offsets
+            .iter()
+            .map(|off| as_utc - Duration::seconds(*off))
+            .filter(|u| local_of(tz, *u) == l)
+            .min();
+        if let Some(u) = exact {
+            return u;
+        }
+        let (lo, hi) = (
+            as_utc - Duration::seconds(offsets[offsets.len() - 1]),
+            as_utc - Duration::seconds(offsets[0]),
+        );
+        assert!(local_of(tz, lo) < l && local_of(tz, hi) > l, "{l} in a gap");
+        // Whole seconds: transitions fall on them.
+        let (mut lo, mut hi) = (lo.timestamp(), hi.timestamp());
+        let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if local_of(tz, at(mid)) > l {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        at(hi)
+    }
+
+    /// Instants where the zone's offset changes during 2026.
+    fn transitions(tz: Tz) -> Vec<DateTime<Utc>> {
+        let start = utc("2026-01-01T00:00:00Z");
+        let mut out = Vec::new();
+        let mut prev = offset_secs(tz, start);
+        for h in 1..=366 * 24 {
+            let u = start + Duration::hours(h);
+            let off = offset_secs(tz, u);
+            if off != prev {
+                out.push(u);
+                prev = off;
+            }
+        }
+        out
+    }
+
+    /// A window start: anywhere in 2026, or a day before one of the zone's transitions.
+    fn window_start(rng: &mut Rng, tz: Tz) -> DateTime<Utc> {
+        let tr = transitions(tz);
+        if !tr.is_empty() && rng.chance(60) {
+            *rng.pick(&tr) - Duration::hours(i64::from(rng.range(1, 36)))
+        } else {
+            utc("2026-01-01T00:00:00Z") + Duration::seconds(i64::from(rng.below(365 * 86_400)))
+        }
+    }
+
+    /// The expected fire instants: wall-clock times mapped, deduplicated, within
+    /// `(start, start + 1 year]`, at most [`PROP_CAP`].
+    fn expected_instants(
+        tz: Tz,
+        locals: impl IntoIterator<Item = NaiveDateTime>,
+        start: DateTime<Utc>,
+    ) -> Vec<DateTime<Utc>> {
+        let end = start + Duration::days(365);
+        // Offsets stay within a day of UTC: cheap bounds before mapping.
+        let (lo, hi) = (
+            start.naive_utc() - Duration::days(2),
+            end.naive_utc() + Duration::days(2),
+        );
+        let mut out: Vec<DateTime<Utc>> = locals
+            .into_iter()
+            .filter(|l| *l >= lo && *l <= hi)
+            .map(|l| independent_instant(tz, l))
+            .filter(|u| *u > start && *u <= end)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out.truncate(PROP_CAP);
+        out
+    }
+
+    /// The schedule's occurrences over the same window as [`expected_instants`].
+    fn actual_instants(s: &Schedule, start: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let end = start + Duration::days(365);
+        s.occurrences_after(start)
+            .take_while(|u| *u <= end)
+            .take(PROP_CAP)
+            .collect()
+    }
+
+    /// Checks the properties; `is_own_time` says whether a wall-clock time is one of the
+    /// rule's.
+    fn check_properties(
+        label: &str,
+        tz: Tz,
+        actual: &[DateTime<Utc>],
+        expected: &[DateTime<Utc>],
+        is_own_time: impl Fn(NaiveDateTime) -> bool,
+    ) {
+        for w in actual.windows(2) {
+            assert!(w[0] < w[1], "{label}: not strictly increasing at {w:?}");
+            if w[1] - w[0] <= Duration::hours(3) {
+                assert_ne!(
+                    local_of(tz, w[0]),
+                    local_of(tz, w[1]),
+                    "{label}: one wall-clock time fired twice ({w:?})"
+                );
+            }
+        }
+        for u in actual {
+            let gap_end = offset_secs(tz, *u) > offset_secs(tz, *u - Duration::seconds(1));
+            assert!(
+                is_own_time(local_of(tz, *u)) || gap_end,
+                "{label}: {u} (local {}) is neither a time of the rule nor a gap's end",
+                local_of(tz, *u)
+            );
+        }
+        if actual != expected {
+            let first = actual
+                .iter()
+                .zip(expected)
+                .position(|(a, e)| a != e)
+                .unwrap_or(actual.len().min(expected.len()));
+            panic!(
+                "{label}: {} occurrences, expected {}; first difference at #{first}: \
+                 got {:?}, want {:?}",
+                actual.len(),
+                expected.len(),
+                actual.get(first),
+                expected.get(first)
+            );
+        }
+    }
+
+    /// One generated cron field: its text and the values it allows.
+    struct CronField {
+        text: String,
+        values: Vec<u32>,
+    }
+
+    const MONTH_NAMES: [&str; 12] = [
+        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+    ];
+    const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+    /// A field over `lo..=hi`. `forms` lists the allowed shapes: `*`, one value, a list, a
+    /// range, `*/k`, `a-b/k`, `a/k`; `min_step` bounds steps from below (density).
+    fn gen_field(rng: &mut Rng, lo: u32, hi: u32, forms: &[u8], min_step: u32) -> CronField {
+        let all: Vec<u32> = (lo..=hi).collect();
+        match *rng.pick(forms) {
+            b'*' => CronField {
+                text: "*".into(),
+                values: all,
+            },
+            b'1' => {
+                let v = rng.range(lo, hi);
+                CronField {
+                    text: v.to_string(),
+                    values: vec![v],
+                }
+            }
+            b'l' => {
+                let k = rng.range(2, 3) as usize;
+                let v = rng.distinct(k, lo, hi);
+                // Lists are written in any order.
+                let mut shown = v.clone();
+                if rng.chance(50) {
+                    shown.reverse();
+                }
+                CronField {
+                    text: shown
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    values: v,
+                }
+            }
+            b'r' => {
+                let a = rng.range(lo, hi - 1);
+                let b = rng.range(a + 1, (a + 3).min(hi));
+                CronField {
+                    text: format!("{a}-{b}"),
+                    values: (a..=b).collect(),
+                }
+            }
+            b's' => {
+                let k = rng.range(min_step.max(2), (hi - lo).max(min_step.max(2)));
+                CronField {
+                    text: format!("*/{k}"),
+                    values: (lo..=hi).step_by(k as usize).collect(),
+                }
+            }
+            b'R' => {
+                let a = rng.range(lo, hi - 1);
+                let b = rng.range(a + 1, hi);
+                let k = rng.range(min_step.max(2), (b - a).max(min_step.max(2)));
+                CronField {
+                    text: format!("{a}-{b}/{k}"),
+                    values: (a..=b).step_by(k as usize).collect(),
+                }
+            }
+            _ => {
+                let a = rng.range(lo, hi);
+                let k = rng.range(min_step.max(2), (hi - lo).max(min_step.max(2)));
+                CronField {
+                    text: format!("{a}/{k}"),
+                    values: (a..=hi).step_by(k as usize).collect(),
+                }
+            }
+        }
+    }
+
+    /// Writes single values, lists and ranges of a month or weekday field with names.
+    fn with_names(f: CronField, names: &[&str], base: u32) -> CronField {
+        if f.text.contains('*') || f.text.contains('/') {
+            return f;
+        }
+        let text = f
+            .text
+            .split(',')
+            .map(|item| {
+                item.split('-')
+                    .map(|n| {
+                        let v: u32 = n.parse().unwrap();
+                        names[((v - base) as usize) % names.len()].to_string()
+                    })
+                    .collect::<Vec<_>>()
+                    .join("-")
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        CronField { text, ..f }
+    }
+
+    #[test]
+    fn property_cron_rules_in_dst_zones() {
+        let (seed, cases) = prop_cases();
+        let mut rng = Rng(0x5eed_c0de ^ seed);
+        for case in 0..cases {
+            let zone = *rng.pick(&PROP_ZONES);
+            let tz = tz_of(zone);
+            let seconds = rng
+                .chance(30)
+                .then(|| gen_field(&mut rng, 0, 59, b"1lrsR", 15));
+            // Dense minutes only with few hours, so a year stays a few thousand runs.
+            let minutes = gen_field(&mut rng, 0, 59, b"1lrsRa", 10);
+            let hours = gen_field(&mut rng, 0, 23, b"**1lrsRa", 2);
+            let dom = gen_field(&mut rng, 1, 28, b"***1lr", 2);
+            let mut month = gen_field(&mut rng, 1, 12, b"****lr", 2);
+            let mut dow = gen_field(&mut rng, 0, 6, b"***1lr", 2);
+            if rng.chance(40) {
+                month = with_names(month, &MONTH_NAMES, 1);
+            }
+            if rng.chance(40) {
+                dow = with_names(dow, &DAY_NAMES, 0);
+            } else if dow.values == [0] && rng.chance(50) {
+                dow.text = "7".into(); // Sunday, spelled 7
+            }
+            let expr = format!(
+                "{}{} {} {} {} {}",
+                seconds
+                    .as_ref()
+                    .map(|s| format!("{} ", s.text))
+                    .unwrap_or_default(),
+                minutes.text,
+                hours.text,
+                dom.text,
+                month.text,
+                dow.text
+            );
+            let label = format!("case {case}: cron '{expr}' in {zone}");
+            let created = utc("2025-06-01T00:00:00Z");
+            let s = Schedule::compile(&rule("cron", &expr), Some(zone), created)
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+
+            let secs = seconds.as_ref().map_or(vec![0], |s| s.values.clone());
+            let both_days = dom.text != "*" && dow.text != "*";
+            let day_ok = |d: NaiveDate| {
+                // `*` is every day (the generated values stop at 28).
+                let in_dom = dom.text == "*" || dom.values.contains(&d.day());
+                let in_dow = dow.values.contains(&d.weekday().num_days_from_sunday());
+                month.values.contains(&d.month())
+                    && if both_days {
+                        in_dom || in_dow
+                    } else {
+                        in_dom && in_dow
+                    }
+            };
+            let is_own_time = |l: NaiveDateTime| {
+                day_ok(l.date())
+                    && hours.values.contains(&l.hour())
+                    && minutes.values.contains(&l.minute())
+                    && secs.contains(&l.second())
+            };
+            let start = window_start(&mut rng, tz);
+            let first_day = local_of(tz, start).date() - Duration::days(1);
+            let mut locals = Vec::new();
+            for d in first_day.iter_days().take(368) {
+                if !day_ok(d) {
+                    continue;
+                }
+                for h in &hours.values {
+                    for m in &minutes.values {
+                        for sec in &secs {
+                            locals.push(d.and_hms_opt(*h, *m, *sec).unwrap());
+                        }
+                    }
+                }
+                // Enough for the cap even with two dense days before the window.
+                if locals.len() > PROP_CAP + 2_000 {
+                    break;
+                }
+            }
+            let expected = expected_instants(tz, locals, start);
+            let actual = actual_instants(&s, start);
+            assert!(
+                !expected.is_empty() || dom.values.is_empty(),
+                "{label}: no occurrence"
+            );
+            check_properties(&label, tz, &actual, &expected, is_own_time);
+        }
+    }
+
+    /// A generated RRULE: its text, the zone its wall-clock times are in, and those times.
+    struct GenRule {
+        text: String,
+        zone: Tz,
+        locals: Vec<NaiveDateTime>,
+    }
+
+    const BYDAY: [(&str, Weekday); 7] = [
+        ("MO", Weekday::Mon),
+        ("TU", Weekday::Tue),
+        ("WE", Weekday::Wed),
+        ("TH", Weekday::Thu),
+        ("FR", Weekday::Fri),
+        ("SA", Weekday::Sat),
+        ("SU", Weekday::Sun),
+    ];
+
+    /// Generates an RRULE and enumerates its wall-clock occurrences from DTSTART up to
+    /// `until` (independently of the rrule crate: periods stepped by hand, BYxxx expanded).
+    fn gen_rrule(rng: &mut Rng, zone_name: &str, until: NaiveDateTime) -> GenRule {
+        let dtstart = NaiveDate::from_ymd_opt(2025, 6, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            + Duration::seconds(i64::from(rng.below(365 * 86_400)));
+        let dtstart = if rng.chance(70) {
+            dtstart.with_second(0).unwrap()
+        } else {
+            dtstart
+        };
+        let stamp = dtstart.format("%Y%m%dT%H%M%S");
+        let (dt_line, zone) = match rng.below(10) {
+            0 => (format!("DTSTART:{stamp}Z"), Tz::UTC),
+            1..=3 => (
+                format!("DTSTART;TZID={zone_name}:{stamp}"),
+                tz_of(zone_name),
+            ),
+            _ => (format!("DTSTART:{stamp}"), tz_of(zone_name)),
+        };
+        let freq = *rng.pick(&["DAILY", "WEEKLY", "HOURLY", "MINUTELY"]);
+        let interval = match freq {
+            "MINUTELY" => *rng.pick(&[5u32, 7, 13, 30, 45, 90]),
+            "HOURLY" => rng.range(1, 5),
+            _ => rng.range(1, 3),
+        };
+        let mut parts = vec![format!("FREQ={freq}")];
+        if interval > 1 || rng.chance(30) {
+            parts.push(format!("INTERVAL={interval}"));
+        }
+        let (kh, km, kd) = (
+            rng.range(1, 3) as usize,
+            rng.range(1, 2) as usize,
+            rng.range(1, 3) as usize,
+        );
+        let by_hour =
+            (matches!(freq, "DAILY" | "WEEKLY") && rng.chance(50)).then(|| rng.distinct(kh, 0, 23));
+        let by_minute =
+            (matches!(freq, "DAILY" | "HOURLY") && rng.chance(50)).then(|| rng.distinct(km, 0, 59));
+        let by_day = (freq == "WEEKLY" && rng.chance(60)).then(|| rng.distinct(kd, 0, 6));
+        if let Some(h) = &by_hour {
+            parts.push(format!(
+                "BYHOUR={}",
+                h.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            ));
+        }
+        if let Some(m) = &by_minute {
+            parts.push(format!(
+                "BYMINUTE={}",
+                m.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            ));
+        }
+        if let Some(d) = &by_day {
+            parts.push(format!(
+                "BYDAY={}",
+                d.iter()
+                    .map(|i| BYDAY[*i as usize].0)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+        let count = rng.chance(20).then(|| rng.range(1, 400) as usize);
+        if let Some(c) = count {
+            parts.push(format!("COUNT={c}"));
+        }
+        let rrule_line = if rng.chance(50) {
+            format!("RRULE:{}", parts.join(";"))
+        } else {
+            parts.join(";")
+        };
+        let sep = if rng.chance(50) { "\n" } else { "\r\n" };
+        let text = format!("{dt_line}{sep}{rrule_line}");
+
+        // Enumerate period by period.
+        let hours = by_hour.clone().unwrap_or_else(|| vec![dtstart.hour()]);
+        let minutes = by_minute.clone().unwrap_or_else(|| vec![dtstart.minute()]);
+        let sec = dtstart.second();
+        let mut locals = Vec::new();
+        let limit = count.unwrap_or(usize::MAX);
+        let mut k: i64 = 0;
+        'periods: loop {
+            let mut period: Vec<NaiveDateTime> = Vec::new();
+            let anchor = match freq {
+                "DAILY" => dtstart + Duration::days(k * i64::from(interval)),
+                "WEEKLY" => {
+                    let monday = dtstart.date()
+                        - Duration::days(i64::from(dtstart.weekday().num_days_from_monday()));
+                    monday.and_time(dtstart.time()) + Duration::weeks(k * i64::from(interval))
+                }
+                "HOURLY" => dtstart + Duration::hours(k * i64::from(interval)),
+                _ => dtstart + Duration::minutes(k * i64::from(interval)),
+            };
+            if anchor > until + Duration::days(8) {
+                break;
+            }
+            match freq {
+                "DAILY" => {
+                    for h in &hours {
+                        for m in &minutes {
+                            period.push(anchor.date().and_hms_opt(*h, *m, sec).unwrap());
+                        }
+                    }
+                }
+                "WEEKLY" => {
+                    let days: Vec<u32> = by_day
+                        .clone()
+                        .unwrap_or_else(|| vec![dtstart.weekday().num_days_from_monday()]);
+                    for d in days {
+                        let date = anchor.date() + Duration::days(i64::from(d));
+                        for h in &hours {
+                            period.push(date.and_hms_opt(*h, dtstart.minute(), sec).unwrap());
+                        }
+                    }
+                }
+                "HOURLY" => {
+                    for m in &minutes {
+                        period.push(anchor.date().and_hms_opt(anchor.hour(), *m, sec).unwrap());
+                    }
+                }
+                _ => period.push(anchor),
+            }
+            period.sort_unstable();
+            for l in period {
+                if l < dtstart {
+                    continue;
+                }
+                if locals.len() >= limit {
+                    break 'periods;
+                }
+                locals.push(l);
+            }
+            k += 1;
+        }
+        GenRule { text, zone, locals }
+    }
+
+    #[test]
+    fn property_rrules_in_dst_zones() {
+        let (seed, cases) = prop_cases();
+        let mut rng = Rng(0x0dd_ba11 ^ seed);
+        for case in 0..cases {
+            let zone_name = *rng.pick(&PROP_ZONES);
+            let tz = tz_of(zone_name);
+            let mut start = window_start(&mut rng, tz);
+            let until = NaiveDate::from_ymd_opt(2028, 1, 1)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap();
+            let g = gen_rrule(&mut rng, zone_name, until);
+            if g.text.contains("COUNT") && rng.chance(70) {
+                // Make the counted occurrences fall in the window.
+                start = independent_instant(g.zone, g.locals[0]) - Duration::hours(1);
+            }
+            let label = format!("case {case}: rrule {:?} in {zone_name}", g.text);
+            let created = utc("2025-01-01T00:00:00Z");
+            let s = Schedule::compile(&rule("recurring", &g.text), Some(zone_name), created)
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            let own: std::collections::HashSet<NaiveDateTime> = g.locals.iter().copied().collect();
+            let expected = expected_instants(g.zone, g.locals.iter().copied(), start);
+            let actual = actual_instants(&s, start);
+            check_properties(&label, g.zone, &actual, &expected, |l| own.contains(&l));
+        }
+    }
+
+    #[test]
+    fn independent_mapping_agrees_on_known_transitions() {
+        // The reference mapping itself, on the cases the policy names.
+        let ny = tz_of("America/New_York");
+        let l = |s: &str| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").unwrap();
+        assert_eq!(
+            independent_instant(ny, l("2026-03-08T02:30:00")),
+            utc("2026-03-08T07:00:00Z")
+        );
+        assert_eq!(
+            independent_instant(ny, l("2026-11-01T01:30:00")),
+            utc("2026-11-01T05:30:00Z")
+        );
+        let lh = tz_of("Australia/Lord_Howe");
+        assert_eq!(
+            independent_instant(lh, l("2026-10-04T02:15:00")),
+            utc("2026-10-03T15:30:00Z")
+        );
+        assert_eq!(transitions(ny).len(), 2);
+        assert!(transitions(tz_of("Asia/Kolkata")).is_empty());
+    }
 }

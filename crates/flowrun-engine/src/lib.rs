@@ -5,6 +5,7 @@
 //!   enqueue, polling only as a fallback), the step loop, abort signalling, the lease
 //!   heartbeat and the reaper that re-queues rows of a crashed node.
 //! - [`health`]: flow health after a terminal live run.
+//! - [`scheduler`]: schedule triggers (§5.3), sleeping until the earliest due time.
 //!
 //! The store is the authority for every status; the engine's in-memory maps (running rows,
 //! their cancellation tokens, busy devices) only speed up signalling on this node.
@@ -12,6 +13,7 @@
 pub mod enqueue;
 pub mod events;
 pub mod health;
+pub mod scheduler;
 pub mod snapshot;
 pub mod view;
 pub mod worker;
@@ -162,6 +164,7 @@ pub struct Engine {
     shared: Arc<Shared>,
     firings: mpsc::Sender<enqueue::EnqueueRequest>,
     ingest: mpsc::Sender<events::IngestRequest>,
+    schedules: Arc<scheduler::Scheduler>,
 }
 
 impl Engine {
@@ -199,10 +202,12 @@ impl Engine {
         tokio::spawn(events::run_router(shared.clone(), firings.clone()));
         tokio::spawn(worker::run_dispatcher(shared.clone()));
         tokio::spawn(worker::run_heartbeat(shared.clone()));
+        let schedules = scheduler::start(&shared, firings.clone()).await?;
         Ok(Arc::new(Engine {
             shared,
             firings,
             ingest,
+            schedules,
         }))
     }
 

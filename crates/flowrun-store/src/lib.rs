@@ -11,11 +11,14 @@ pub mod events;
 pub mod executions;
 mod pg_events;
 mod pg_exec;
+mod pg_sched;
 mod postgres;
 mod registry;
+pub mod schedules;
 mod sqlite;
 mod sqlite_events;
 mod sqlite_exec;
+mod sqlite_sched;
 
 use std::sync::Arc;
 
@@ -28,6 +31,7 @@ pub use executions::{
     ExecutionStore, ReapOutcome,
 };
 pub use registry::{Change, Defs, Registry};
+pub use schedules::{ClaimedSchedule, ScheduleAdvance, ScheduleRow, ScheduleStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -132,7 +136,7 @@ pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 pub const IDEMPOTENCY_STALE_MS: i64 = 5 * 60 * 1000;
 
 #[async_trait]
-pub trait Store: ExecutionStore + EventStore + Send + Sync + 'static {
+pub trait Store: ExecutionStore + EventStore + ScheduleStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 

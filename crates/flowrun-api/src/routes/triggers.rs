@@ -95,6 +95,7 @@ async fn create_trigger(
     app.registry
         .apply(vec![Change::PutTrigger(trigger.clone())])
         .await?;
+    app.engine.schedule_changed(None, &trigger).await?;
     Ok(created(trigger))
 }
 
@@ -138,6 +139,10 @@ async fn update_trigger(
     app.registry
         .apply(vec![Change::PutTrigger(trigger.clone())])
         .await?;
+    // Restarts the schedule only when its rule, zone or activation changed.
+    app.engine
+        .schedule_changed(Some(&current), &trigger)
+        .await?;
     Ok(data(trigger))
 }
 
@@ -161,6 +166,7 @@ async fn delete_trigger(
         })?;
     }
     app.registry.apply(vec![Change::DeleteTrigger(id)]).await?;
+    app.engine.schedule_removed(id).await?;
     Ok(message(format!("Trigger {id} deleted")))
 }
 
