@@ -12,6 +12,7 @@ pub mod executions;
 mod pg_events;
 mod pg_exec;
 mod pg_sched;
+mod pg_webhooks;
 mod postgres;
 mod registry;
 pub mod schedules;
@@ -19,6 +20,8 @@ mod sqlite;
 mod sqlite_events;
 mod sqlite_exec;
 mod sqlite_sched;
+mod sqlite_webhooks;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -32,6 +35,10 @@ pub use executions::{
 };
 pub use registry::{Change, Defs, Registry};
 pub use schedules::{ClaimedSchedule, ScheduleAdvance, ScheduleRow, ScheduleStore};
+pub use webhooks::{
+    AttemptRow, AttemptWrite, DeliveryFilter, DeliveryRow, EndpointPatch, EndpointRow,
+    HealthUpdate, WebhookStore,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -136,7 +143,7 @@ pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 pub const IDEMPOTENCY_STALE_MS: i64 = 5 * 60 * 1000;
 
 #[async_trait]
-pub trait Store: ExecutionStore + EventStore + ScheduleStore + Send + Sync + 'static {
+pub trait Store: ExecutionStore + EventStore + ScheduleStore + WebhookStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 
