@@ -7,6 +7,9 @@
 //! within milliseconds.
 
 pub mod adb;
+pub mod webhook;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use flowrun_core::execution::{DeviceSnap, Verdict};
@@ -102,6 +105,12 @@ pub trait StepExecutor: Send + Sync + 'static {
         call: StepCall<'_>,
         cancel: &CancellationToken,
     ) -> Result<StepOutput, StepFailure>;
+
+    /// The outbound webhook service behind `webhooks.send`, which also delivers flow
+    /// notifications (§5.16); `None` when this executor has none.
+    fn webhooks(&self) -> Option<Arc<dyn webhook::WebhookService>> {
+        None
+    }
 }
 
 /// The executor of this build: device steps through their device's provider; effects that
@@ -113,6 +122,9 @@ pub struct Effects {
     /// Mobilerun cloud API key (`FLOWRUN_MOBILERUN_API_KEY`); without one, steps on
     /// `mobilerun` devices fail `permission_denied` (§5.12).
     pub mobilerun_api_key: Option<String>,
+    /// Outbound webhook deliveries (`webhooks.send`); without it the step fails
+    /// `invalid_config`.
+    pub webhooks: Option<Arc<dyn webhook::WebhookService>>,
 }
 
 impl Default for Effects {
@@ -120,28 +132,30 @@ impl Default for Effects {
         Self {
             adb: adb::Adb::new("adb"),
             mobilerun_api_key: None,
+            webhooks: None,
         }
     }
 }
 
 #[async_trait]
 impl StepExecutor for Effects {
+    fn webhooks(&self) -> Option<Arc<dyn webhook::WebhookService>> {
+        self.webhooks.clone()
+    }
+
     async fn execute(
         &self,
         call: StepCall<'_>,
         cancel: &CancellationToken,
     ) -> Result<StepOutput, StepFailure> {
         if call.method == "webhooks.send" {
-            return Err(StepFailure::new(
-                FailureClass::InvalidConfig,
-                format!(
-                    "unknown_webhook: webhook endpoint {} does not exist",
-                    call.params
-                        .get("webhookId")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                ),
-            ));
+            return match &self.webhooks {
+                Some(w) => w.send_step(&call).await,
+                None => Err(StepFailure::new(
+                    FailureClass::InvalidConfig,
+                    "webhooks_unavailable: outbound webhooks are not configured",
+                )),
+            };
         }
         let Some(device) = call.device else {
             return Err(StepFailure::new(

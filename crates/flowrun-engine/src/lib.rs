@@ -6,6 +6,8 @@
 //!   heartbeat and the reaper that re-queues rows of a crashed node.
 //! - [`health`]: flow health after a terminal live run.
 //! - [`scheduler`]: schedule triggers (§5.3), sleeping until the earliest due time.
+//! - [`webhooks`]: outbound webhook deliveries (retries, endpoint health) and flow
+//!   notifications.
 //!
 //! The store is the authority for every status; the engine's in-memory maps (running rows,
 //! their cancellation tokens, busy devices) only speed up signalling on this node.
@@ -16,6 +18,7 @@ pub mod health;
 pub mod scheduler;
 pub mod snapshot;
 pub mod view;
+pub mod webhooks;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -279,5 +282,10 @@ impl Engine {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store
+    }
+
+    /// The outbound webhook service of the step executor (§5.17), if it has one.
+    pub fn webhooks(&self) -> Option<Arc<dyn webhooks::WebhookService>> {
+        self.shared.executor.webhooks()
     }
 }

@@ -118,6 +118,7 @@ pub(crate) async fn reap(shared: &Arc<Shared>, all_others: bool) -> Result<(), E
                 shared.config.failure_threshold,
             )
             .await;
+            crate::webhooks::run_finished(shared, row, "failed").await;
         }
     }
     if !outcome.requeued.is_empty() {
@@ -464,6 +465,7 @@ impl Run {
                         class: "invalid_config",
                     })
                     .await;
+                    crate::webhooks::run_finished(&self.shared, &self.row, "invalid").await;
                 }
                 return;
             }
@@ -523,6 +525,7 @@ impl Run {
             None => {
                 if self.finish("success", None, false).await && self.is_live() {
                     self.record_health(Outcome::Success).await;
+                    crate::webhooks::run_finished(&self.shared, &self.row, "success").await;
                 }
             }
             Some((key, failure)) => {
@@ -532,6 +535,7 @@ impl Run {
                         class: failure.class.as_str(),
                     })
                     .await;
+                    crate::webhooks::run_finished(&self.shared, &self.row, "failed").await;
                 }
             }
         }

@@ -143,7 +143,9 @@ pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
 pub const IDEMPOTENCY_STALE_MS: i64 = 5 * 60 * 1000;
 
 #[async_trait]
-pub trait Store: ExecutionStore + EventStore + ScheduleStore + WebhookStore + Send + Sync + 'static {
+pub trait Store:
+    ExecutionStore + EventStore + ScheduleStore + WebhookStore + Send + Sync + 'static
+{
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 

@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use flowrun_actions::Effects;
 use flowrun_actions::adb::Adb;
 use flowrun_api::{ApiConfig, App};
+use flowrun_engine::webhooks::{TargetPolicy, WebhookConfig, Webhooks};
 use flowrun_engine::{Engine, EngineConfig};
 use flowrun_store::Registry;
 
@@ -82,6 +83,47 @@ struct ServeArgs {
     /// Mobilerun cloud API key for `mobilerun` devices.
     #[arg(long, env = "FLOWRUN_MOBILERUN_API_KEY", hide_env_values = true)]
     mobilerun_api_key: Option<String>,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
+}
+
+/// Outbound webhooks (§5.17).
+#[derive(Args)]
+struct WebhookArgs {
+    /// Let webhooks reach loopback, private, link-local and other non-public addresses
+    /// (the SSRF guard is off).
+    #[arg(long, env = "FLOWRUN_ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    allow_private_targets: bool,
+    /// Comma-separated networks webhooks may reach although the SSRF guard refuses them
+    /// (e.g. `10.1.0.0/16,127.0.0.1`).
+    #[arg(long, env = "FLOWRUN_WEBHOOK_ALLOW_CIDRS", value_parser = parse_cidrs, default_value = "")]
+    webhook_allow_cidrs: Cidrs,
+    /// Timeout of one delivery attempt in seconds.
+    #[arg(long, env = "FLOWRUN_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 10)]
+    webhook_timeout_seconds: u64,
+    /// Factor applied to the retry schedule (30 s, 2 min, 10 min, 1 h, 6 h, 24 h); tests use
+    /// a tiny one.
+    #[arg(long, env = "FLOWRUN_WEBHOOK_RETRY_SCALE", default_value_t = 1.0, value_parser = parse_scale)]
+    webhook_retry_scale: f64,
+    /// Consecutive dead deliveries that block an endpoint.
+    #[arg(long, env = "FLOWRUN_WEBHOOK_BLOCK_AFTER", default_value_t = 50)]
+    webhook_block_after: i64,
+}
+
+#[derive(Clone, Debug)]
+struct Cidrs(Vec<flowrun_engine::webhooks::Cidr>);
+
+fn parse_cidrs(s: &str) -> Result<Cidrs, String> {
+    flowrun_engine::webhooks::parse_cidrs(s).map(Cidrs)
+}
+
+fn parse_scale(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -137,6 +179,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("loading definitions")?,
     );
+    let w = &args.webhooks;
+    let webhooks = Webhooks::start(
+        store.clone(),
+        WebhookConfig {
+            policy: TargetPolicy {
+                allow_private: w.allow_private_targets,
+                allow_cidrs: w.webhook_allow_cidrs.0.clone(),
+            },
+            timeout: Duration::from_secs(w.webhook_timeout_seconds.max(1)),
+            block_after_dead: w.webhook_block_after.max(1),
+            ..WebhookConfig::default()
+        }
+        .with_retry_scale(w.webhook_retry_scale),
+    )
+    .await
+    .context("starting webhook delivery")?;
     let engine = Engine::start(
         registry.clone(),
         EngineConfig {
@@ -157,6 +215,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Arc::new(Effects {
             adb: Adb::new(&args.adb),
             mobilerun_api_key: args.mobilerun_api_key.clone(),
+            webhooks: Some(webhooks.clone()),
         }),
     )
     .await
@@ -193,5 +252,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, store = store.backend(), "listening");
     flowrun_api::serve(listener, app).await?;
     engine.shutdown();
+    webhooks.shutdown();
     Ok(())
 }
