@@ -3,7 +3,8 @@
 //! Scope = (owner, method, route without `/v1`, key); fingerprint = SHA-256 of the canonical
 //! JSON body plus the sorted query. A 2xx outcome is stored and replayed byte for byte; any
 //! other outcome releases the key. `POST /triggers/{id}/fire` only keeps the fingerprint:
-//! the key becomes the invocation id and the handler dedupes per flow.
+//! the key becomes the invocation id and the handler dedupes per flow. A replay of
+//! `POST /webhooks` answers the endpoint's current state without its secret.
 
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
@@ -49,6 +50,11 @@ pub fn route_of(path: &str) -> String {
     } else {
         p.to_lowercase()
     }
+}
+
+/// `POST /webhooks`, whose replay answers the endpoint's current state (§1.9).
+fn is_webhook_create(method: &Method, route: &str) -> bool {
+    method == Method::POST && route == "/webhooks"
 }
 
 fn is_fire(method: &Method, route: &str) -> bool {
@@ -139,6 +145,9 @@ pub async fn idempotency(State(app): State<App>, req: Request, next: Next) -> Re
             );
             e.retry_after = Some(1);
             e.into_response()
+        }
+        IdemBegin::Replay(stored) if is_webhook_create(&method, &route) => {
+            crate::routes::webhooks::replay_create(&app, &scope.owner_id, &stored).await
         }
         IdemBegin::Replay(stored) if !fire => replay(stored),
         IdemBegin::New => {

@@ -259,9 +259,9 @@ pub(crate) fn read_settings(
     }
 }
 
-/// Webhook endpoints do not exist in this version, so every reference is unknown.
-fn webhook_exists(_owner: &str, _id: Uuid) -> bool {
-    false
+/// Whether the owner has a live (not deleted) webhook endpoint with this id.
+fn webhook_exists(owner: &str, id: Uuid) -> bool {
+    flowrun_engine::webhooks::endpoint_exists(owner, id)
 }
 
 fn check_devices(defs: &Defs, owner: &str, ids: &[Uuid], errs: &mut FieldErrors) {

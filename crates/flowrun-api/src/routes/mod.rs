@@ -14,6 +14,7 @@ pub mod ops;
 pub mod timezones;
 pub mod triggers;
 pub mod verification;
+pub mod webhooks;
 
 use utoipa_axum::router::OpenApiRouter;
 
@@ -33,4 +34,5 @@ pub fn api_router() -> OpenApiRouter<App> {
         .merge(executions::router())
         .merge(events::router())
         .merge(timezones::router())
+        .merge(webhooks::router())
 }
