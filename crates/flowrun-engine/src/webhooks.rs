@@ -73,6 +73,9 @@ pub struct WebhookConfig {
     pub claim_lease: Duration,
     /// Attempts in flight at once on this node.
     pub concurrency: usize,
+    /// Only this process uses the store (SQLite): deliveries claimed by a previous process
+    /// are due again at start instead of when their lease runs out.
+    pub exclusive_store: bool,
 }
 
 impl Default for WebhookConfig {
@@ -88,6 +91,7 @@ impl Default for WebhookConfig {
             block_after_failing: Duration::from_secs(24 * 3600),
             claim_lease: Duration::from_secs(60),
             concurrency: 32,
+            exclusive_store: false,
         }
     }
 }
@@ -198,6 +202,18 @@ impl Webhooks {
             wake: Notify::new(),
             shutdown: CancellationToken::new(),
         });
+        if hooks.config.exclusive_store {
+            let released = hooks
+                .store
+                .release_delivery_claims(&hooks.node_id, Ts::now().millis())
+                .await?;
+            if released > 0 {
+                tracing::info!(
+                    count = released,
+                    "resuming deliveries of a previous process"
+                );
+            }
+        }
         tokio::spawn(run_worker(hooks.clone()));
         Ok(hooks)
     }

@@ -346,6 +346,18 @@ impl WebhookStore for PgStore {
         rows.iter().map(delivery_from_row).collect()
     }
 
+    async fn release_delivery_claims(&self, keep_owner: &str, now_ms: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE webhook_deliveries SET next_attempt_at = $1, lease_owner = NULL \
+             WHERE status = 'pending' AND lease_owner IS NOT NULL AND lease_owner <> $2",
+        )
+        .bind(now_ms)
+        .bind(keep_owner)
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
     async fn next_delivery_due(&self) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar(
             "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'",

@@ -215,6 +215,11 @@ pub trait WebhookStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<DeliveryRow>>;
 
+    /// Makes every `pending` row claimed by another node than `keep_owner` due at `now_ms`
+    /// (start-up of a single-node SQLite server, whose previous process is gone); returns
+    /// how many.
+    async fn release_delivery_claims(&self, keep_owner: &str, now_ms: i64) -> Result<u64>;
+
     /// The earliest `next_attempt_at` of a `pending` row.
     async fn next_delivery_due(&self) -> Result<Option<i64>>;
 

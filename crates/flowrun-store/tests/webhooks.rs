@@ -241,6 +241,17 @@ async fn claims_take_due_rows_under_a_lease_and_attempts_are_fenced() {
                 .is_empty()
         );
         assert_eq!(db.next_delivery_due().await.unwrap(), Some(500));
+        // A single-node restart makes the previous process's claims due at once.
+        assert_eq!(db.release_delivery_claims("node-b", 170).await.unwrap(), 1);
+        assert_eq!(db.release_delivery_claims("node-b", 170).await.unwrap(), 0);
+        assert_eq!(db.next_delivery_due().await.unwrap(), Some(170));
+        let again = db.claim_deliveries("node-b", 170, 1170, 1).await.unwrap();
+        assert_eq!(again[0].id, due.id);
+        assert_eq!(
+            db.release_delivery_claims("node-b", 180).await.unwrap(),
+            0,
+            "own claims stay"
+        );
 
         // A failed attempt reschedules; a stale writer (same expected count) changes nothing.
         let w = failed_write(&due, 1, "pending", Some(300));

@@ -189,6 +189,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             timeout: Duration::from_secs(w.webhook_timeout_seconds.max(1)),
             block_after_dead: w.webhook_block_after.max(1),
+            exclusive_store: store.backend() == "sqlite",
             ..WebhookConfig::default()
         }
         .with_retry_scale(w.webhook_retry_scale),
