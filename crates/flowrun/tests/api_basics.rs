@@ -64,6 +64,16 @@ async fn healthz_and_openapi_need_no_key() {
         ("/executions/metrics", &["get"]),
         ("/executions/{executionId}", &["get"]),
         ("/executions/{executionId}/abort", &["post"]),
+        ("/webhooks", &["get", "post"]),
+        ("/webhooks/{webhookId}", &["get", "patch", "delete"]),
+        ("/webhooks/{webhookId}/rotate-secret", &["post"]),
+        ("/webhooks/{webhookId}/test", &["post"]),
+        ("/webhooks/deliveries", &["get"]),
+        ("/webhooks/deliveries/stats", &["get"]),
+        ("/webhooks/{webhookId}/deliveries", &["get"]),
+        ("/webhooks/{webhookId}/deliveries/{deliveryId}", &["get"]),
+        ("/webhooks/integrations", &["get"]),
+        ("/webhooks/integrations/{capabilityId}/targets", &["get"]),
     ];
     for (path, methods) in expected {
         let ops = paths
