@@ -81,6 +81,34 @@ pub struct StepOutput {
     /// Provider task / agent run id.
     pub session_id: Option<String>,
     pub verdict: Option<Verdict>,
+    /// Images the step captured (`devices.screenshot`, screenshots a task returned); the
+    /// engine stores them with the execution (§5.18).
+    pub images: Vec<CapturedImage>,
+}
+
+/// An image captured on a device, with its media type (`image/png`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapturedImage {
+    pub mime_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What a device probe found (§5.12): `online`, `offline` or `unknown`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeState {
+    Online,
+    Offline,
+    Unknown,
+}
+
+impl ProbeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeState::Online => "online",
+            ProbeState::Offline => "offline",
+            ProbeState::Unknown => "unknown",
+        }
+    }
 }
 
 /// One step to run outside the engine.
@@ -110,6 +138,28 @@ pub trait StepExecutor: Send + Sync + 'static {
     /// notifications (§5.16); `None` when this executor has none.
     fn webhooks(&self) -> Option<Arc<dyn webhook::WebhookService>> {
         None
+    }
+
+    /// Captures the device's screen (for `run`'s `captureScreenshots`, §5.18).
+    async fn capture_screenshot(
+        &self,
+        device: &DeviceSnap,
+        cancel: &CancellationToken,
+    ) -> Result<Option<CapturedImage>, StepFailure> {
+        let _ = cancel;
+        Err(StepFailure::new(
+            FailureClass::InvalidConfig,
+            format!(
+                "unsupported_provider: screenshots are not available on '{}' devices",
+                device.provider
+            ),
+        ))
+    }
+
+    /// Asks the device's provider whether the device is reachable (§5.12).
+    async fn probe(&self, provider: &str, address: &str) -> ProbeState {
+        let _ = (provider, address);
+        ProbeState::Unknown
     }
 }
 
