@@ -9,6 +9,13 @@
 //! - `ingest`: accepted events per second and accept latency (`POST /events/ingest`).
 //! - `abort`: abort latency: the abort reply, and the time until the next run waiting for
 //!   the same device starts (the aborted step has really stopped and released the device).
+//! - `e2e`: fire → a flow of three `webhooks.send` steps → a local sink (`e2e.rs`).
+//! - `schedules`: fire lateness and idle CPU with many schedule triggers (`schedules.rs`).
+//! - `memory`: resident memory idle and with many flows defined (`memory.rs`).
+
+mod e2e;
+mod memory;
+mod schedules;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -56,6 +63,32 @@ enum Scenario {
         #[arg(long, default_value_t = 200)]
         runs: usize,
     },
+    /// Fire → 3 × webhooks.send → sink: runs/s and end-to-end latency per concurrency level.
+    E2e {
+        /// Concurrency levels, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+        /// Measured seconds per level (after half a second of warm-up).
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+    /// Fire lateness and idle CPU with many schedule triggers defined.
+    Schedules {
+        /// Schedule triggers in all.
+        #[arg(long, default_value_t = 100_000)]
+        schedules: usize,
+        /// How many of them are measured `once` triggers.
+        #[arg(long, default_value_t = 200)]
+        fires: usize,
+        /// Seconds over which the measured triggers fire.
+        #[arg(long, default_value_t = 20.0)]
+        window: f64,
+    },
+    /// Resident memory idle and with many flows defined.
+    Memory {
+        #[arg(long, default_value_t = 100_000)]
+        flows: usize,
+    },
 }
 
 struct Target {
@@ -78,6 +111,11 @@ impl Drop for ServerProcess {
 }
 
 impl Target {
+    /// The launched server's process id (None with `--url`).
+    fn server_pid(&self) -> Option<u32> {
+        self._server.as_ref().map(|s| s.child.id())
+    }
+
     async fn call(
         &self,
         method: reqwest::Method,
@@ -127,6 +165,8 @@ fn launch(database_url: Option<String>, extra: &[String]) -> Result<(String, Ser
     let mut child = Command::new(&bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db])
         .args(["--api-key", "bench-key", "--flow-rate-limit", "0"])
+        // The e2e scenario's sink listens on loopback.
+        .args(["--allow-private-targets"])
         .args(extra)
         .env("FLOWRUN_LOG", "warn")
         .stdout(Stdio::piped())
@@ -148,6 +188,29 @@ fn launch(database_url: Option<String>, extra: &[String]) -> Result<(String, Ser
         }
     }
     bail!("the server exited before listening")
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn process_cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').context("/proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks as f64 / hz)
+}
+
+/// Resident set size of a process in KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")
 }
 
 /// Percentiles of latencies in microseconds.
@@ -348,6 +411,13 @@ async fn main() -> Result<()> {
     match cli.scenario {
         Scenario::Ingest { clients, seconds } => ingest(t.clone(), clients, seconds).await?,
         Scenario::Abort { runs } => abort(t.clone(), runs).await?,
+        Scenario::E2e { clients, seconds } => e2e::run(t.clone(), &clients, seconds).await?,
+        Scenario::Schedules {
+            schedules,
+            fires,
+            window,
+        } => schedules::run(t.clone(), schedules, fires, window).await?,
+        Scenario::Memory { flows } => memory::run(t.clone(), flows).await?,
     }
     Ok(())
 }

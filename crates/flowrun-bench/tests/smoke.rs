@@ -31,3 +31,34 @@ fn abort_scenario_reports_latencies() {
     assert!(out.contains("abort reply: p50"), "{out}");
     assert!(out.contains("(n = 3)"), "{out}");
 }
+
+#[test]
+fn e2e_scenario_reports_runs_and_latency_per_level() {
+    let out = bench(&["e2e", "--clients", "1,2", "--seconds", "0.5"]);
+    assert!(out.contains("c=1: "), "{out}");
+    assert!(out.contains("c=2 e2e latency"), "{out}");
+    assert!(out.contains("runs/s"), "{out}");
+}
+
+#[test]
+fn schedules_scenario_reports_lateness_and_idle_cpu() {
+    let out = bench(&[
+        "schedules",
+        "--schedules",
+        "30",
+        "--fires",
+        "3",
+        "--window",
+        "2",
+    ]);
+    assert!(out.contains("idle CPU"), "{out}");
+    assert!(out.contains("lateness"), "{out}");
+    assert!(out.contains("(n = 3)"), "{out}");
+}
+
+#[test]
+fn memory_scenario_reports_rss() {
+    let out = bench(&["memory", "--flows", "50"]);
+    assert!(out.contains("idle RSS"), "{out}");
+    assert!(out.contains("RSS with 50 flows"), "{out}");
+}

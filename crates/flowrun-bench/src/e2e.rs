@@ -1,0 +1,154 @@
+//! Scenario `e2e`: fire → a flow of three `webhooks.send` steps → a local HTTP sink.
+//!
+//! Each client fires the custom trigger with a sequence number in the payload and waits until
+//! the sink has received the third step's delivery for that number. The figure is the whole
+//! path a user pays for: the fire's durable enqueue, the claim, the step loop, each step's
+//! durable delivery record, and the signed outbound request.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::{Target, summary};
+
+/// Completion signals of the runs in flight, by sequence number.
+#[derive(Default)]
+struct Sink {
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Instant>>>,
+    received: AtomicU64,
+}
+
+async fn receive(State(sink): State<Arc<Sink>>, Json(body): Json<Value>) -> &'static str {
+    sink.received.fetch_add(1, Ordering::Relaxed);
+    let payload = &body["data"]["payload"];
+    if payload["n"] == 3
+        && let Some(seq) = payload["seq"].as_u64()
+        && let Some(tx) = sink.waiting.lock().unwrap().remove(&seq)
+    {
+        let _ = tx.send(Instant::now());
+    }
+    "ok"
+}
+
+/// Starts the sink on a free loopback port; returns its URL.
+async fn start_sink(sink: Arc<Sink>) -> Result<String> {
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(sink);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(format!("http://{addr}/hook"))
+}
+
+/// Provisions the endpoint, trigger, three steps and the flow; returns the trigger id.
+async fn provision(t: &Target, sink_url: &str) -> Result<String> {
+    let send = t.catalog_id("webhooks.send").await?;
+    let hook = t.post("/webhooks", json!({"url": sink_url})).await?;
+    let hook = hook["data"]["id"]
+        .as_str()
+        .context("webhook id")?
+        .to_string();
+    let trigger = t
+        .post(
+            "/triggers",
+            json!({"name": "bench e2e", "activation": "custom"}),
+        )
+        .await?;
+    let trigger = trigger["data"]["id"]
+        .as_str()
+        .context("trigger id")?
+        .to_string();
+    let mut steps = Vec::new();
+    for n in 1..=3 {
+        let action = t
+            .post(
+                "/actions",
+                json!({"name": format!("hook {n}"), "catalogEntryId": send,
+                       "params": {"webhookId": hook,
+                                  "payload": {"seq": "{{event.payload.seq}}", "n": n}}}),
+            )
+            .await?;
+        let id = action["data"]["id"].as_str().context("action id")?;
+        steps.push(json!({"actionId": id, "position": n - 1}));
+    }
+    t.post(
+        "/flows",
+        json!({"name": "bench e2e", "triggerId": trigger, "actions": steps}),
+    )
+    .await?;
+    Ok(trigger)
+}
+
+pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<()> {
+    let sink = Arc::new(Sink::default());
+    let sink_url = start_sink(sink.clone()).await?;
+    let trigger = provision(&t, &sink_url).await?;
+    let fire_url = format!("{}/v1/triggers/{trigger}/fire", t.base);
+    let seq = Arc::new(AtomicU64::new(0));
+    println!("scenario e2e: fire → 3 × webhooks.send → sink, {seconds} s per level");
+    for &clients in concurrency {
+        let warmup = Duration::from_millis(500);
+        let measured = Duration::from_secs_f64(seconds);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (t, sink, seq, fire_url) = (t.clone(), sink.clone(), seq.clone(), fire_url.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let t0 = Instant::now();
+                    let elapsed = t0 - start;
+                    if elapsed >= warmup + measured {
+                        break;
+                    }
+                    let n = seq.fetch_add(1, Ordering::Relaxed);
+                    let (tx, rx) = oneshot::channel();
+                    sink.waiting.lock().unwrap().insert(n, tx);
+                    let resp = t
+                        .http
+                        .post(&fire_url)
+                        .bearer_auth(&t.key)
+                        .json(&json!({"payload": {"seq": n}}))
+                        .send()
+                        .await?;
+                    if resp.status().as_u16() != 202 {
+                        bail!("fire answered {}", resp.status());
+                    }
+                    let _ = resp.bytes().await;
+                    let done = tokio::time::timeout(Duration::from_secs(60), rx)
+                        .await
+                        .context("the third delivery did not arrive within 60 s")??;
+                    if elapsed >= warmup {
+                        lat.push((done - t0).as_micros() as u64);
+                    }
+                }
+                Ok::<_, anyhow::Error>(lat)
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await??);
+        }
+        let rate = all.len() as f64 / measured.as_secs_f64();
+        println!("  c={clients}: {rate:.0} runs/s");
+        println!(
+            "  c={clients} e2e latency (fire sent → third request at the sink): {}",
+            summary(all)
+        );
+    }
+    println!(
+        "  sink received {} requests",
+        sink.received.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
