@@ -10,6 +10,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod idempotency;
+pub mod metrics;
 pub mod openapi;
 pub mod query;
 pub mod routes;
@@ -41,6 +42,8 @@ pub struct ApiConfig {
     pub body_limit: usize,
     /// Routine limit per (owner, agent bucket); `None` = unlimited.
     pub routine_limit: Option<u64>,
+    /// The process's Prometheus recorder; `None` = `/metrics` disabled (404).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl Default for ApiConfig {
@@ -48,6 +51,7 @@ impl Default for ApiConfig {
         Self {
             body_limit: 1 << 20,
             routine_limit: None,
+            metrics: None,
         }
     }
 }
@@ -96,9 +100,13 @@ pub struct BodyLimit(pub usize);
 pub fn router(app: App) -> Router {
     let (api, doc) = routes::api_router().split_for_parts();
     let doc = Arc::new(openapi::finish(doc));
-    let api = api
+    let mut api = api
         .route_layer(from_fn_with_state(app.clone(), idempotency::idempotency))
         .route_layer(from_fn_with_state(app.clone(), auth::require_key));
+    if app.config.metrics.is_some() {
+        // Outside auth, so refused requests are counted too.
+        api = api.route_layer(from_fn(metrics::record_http));
+    }
     let inner: Router<App> = Router::new().merge(routes::ops::router(doc)).merge(api);
     let limit = app.config.body_limit;
     Router::new()

@@ -253,6 +253,7 @@ async fn commit_batch(shared: &Shared, requests: Vec<EnqueueRequest>) {
             if has_pending {
                 shared.wake.notify_one();
             }
+            crate::telemetry::enqueued(&plan.rows);
             for (r, outcome) in requests.into_iter().zip(outcomes) {
                 let _ = r.reply.send(Ok(outcome));
             }

@@ -17,6 +17,7 @@ pub mod events;
 pub mod health;
 pub mod scheduler;
 pub mod snapshot;
+mod telemetry;
 pub mod view;
 pub mod webhooks;
 pub mod worker;
@@ -230,11 +231,13 @@ impl Engine {
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
         rx.await.map_err(|_| EngineError::ShuttingDown)??;
+        metrics::counter!("flowrun_events_ingested_total").increment(1);
         Ok(id)
     }
 
     /// Aborts a row (§5.8): the store decides; a run held by this node is signalled at once.
     pub async fn abort(&self, owner_id: &str, id: Uuid) -> Result<AbortOutcome, EngineError> {
+        let asked = std::time::Instant::now();
         let now = Ts::now();
         let outcome = self
             .shared
@@ -245,8 +248,9 @@ impl Engine {
                     .to_json()
             })
             .await?;
-        if let AbortOutcome::Cancelled(_) = &outcome {
+        if let AbortOutcome::Cancelled(row) = &outcome {
             self.shared.signal_abort(id);
+            telemetry::aborted(row, asked.elapsed());
         }
         Ok(outcome)
     }

@@ -526,6 +526,9 @@ async fn pass(
             }
             if let Some(f) = p.fire {
                 tracing::debug!(trigger = %t.id, late_ms = now - f.1, "schedule fires");
+                crate::telemetry::schedule_fired(std::time::Duration::from_millis(
+                    (now_ms() - f.1).max(0) as u64,
+                ));
                 group.push(firing(&t, f, None));
             }
         }

@@ -336,6 +336,11 @@ impl Webhooks {
             let delay = self.config.retry_delays[(attempt_no - 1) as usize];
             ("pending", Some(finished + delay.as_millis() as i64))
         };
+        crate::telemetry::webhook_attempt(match status {
+            "pending" => "retry",
+            "success" => "success",
+            _ => "dead",
+        });
         let write = AttemptWrite {
             delivery_id: row.id,
             endpoint_id: row.endpoint_id,

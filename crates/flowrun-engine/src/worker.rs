@@ -435,7 +435,17 @@ impl Run {
             clear_started,
             state: self.state.to_json(),
         };
-        self.write(update, true).await
+        let finished_at = update.finished_at;
+        let won = self.write(update, true).await;
+        if won {
+            let started = if clear_started {
+                None
+            } else {
+                self.row.started_at
+            };
+            crate::telemetry::finished(&self.row.kind, status, started, finished_at);
+        }
+        won
     }
 
     async fn skip_at_claim(&mut self, code: &str) {

@@ -152,6 +152,9 @@ pub trait Store:
     /// Cheap round trip used by `/healthz`.
     async fn ping(&self) -> Result<()>;
 
+    /// `pending` executions of every owner (the queue depth on `/metrics`).
+    async fn queue_depth(&self) -> Result<i64>;
+
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
     async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
     async fn count_api_keys(&self) -> Result<i64>;

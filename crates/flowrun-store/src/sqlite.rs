@@ -88,6 +88,14 @@ impl Store for SqliteStore {
         }))
     }
 
+    async fn queue_depth(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM executions WHERE status = 'pending'")
+                .fetch_one(&self.reader)
+                .await?,
+        )
+    }
+
     async fn count_api_keys(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
             .fetch_one(&self.reader)

@@ -83,6 +83,11 @@ struct ServeArgs {
     /// Mobilerun cloud API key for `mobilerun` devices.
     #[arg(long, env = "FLOWRUN_MOBILERUN_API_KEY", hide_env_values = true)]
     mobilerun_api_key: Option<String>,
+    /// Serve Prometheus metrics at `GET /metrics` (`false` → 404).
+    #[arg(long, env = "FLOWRUN_METRICS", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    metrics: bool,
     #[command(flatten)]
     webhooks: WebhookArgs,
 }
@@ -196,6 +201,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting webhook delivery")?;
+    // The recorder is installed before the engine starts so its first events are counted.
+    let metrics = if args.metrics {
+        Some(flowrun_api::metrics::install_recorder().map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
     let engine = Engine::start(
         registry.clone(),
         EngineConfig {
@@ -228,6 +239,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ApiConfig {
             body_limit: args.body_limit,
             routine_limit: args.routine_limit,
+            metrics,
         },
     );
     match &args.api_key {

@@ -1,4 +1,4 @@
-//! Operational routes without authentication: `/healthz` and `/openapi.json`.
+//! Operational routes without authentication: `/healthz`, `/metrics` and `/openapi.json`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,18 +14,21 @@ use crate::App;
 
 pub fn router(doc: Arc<utoipa::openapi::OpenApi>) -> Router<App> {
     let doc_json = Arc::new(doc.to_json().unwrap_or_else(|_| "{}".to_string()));
-    Router::new().route("/healthz", get(healthz)).route(
-        "/openapi.json",
-        get(move || {
-            let body = doc_json.clone();
-            async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, crate::JSON)],
-                    body.as_str().to_string(),
-                )
-            }
-        }),
-    )
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::metrics::scrape))
+        .route(
+            "/openapi.json",
+            get(move || {
+                let body = doc_json.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, crate::JSON)],
+                        body.as_str().to_string(),
+                    )
+                }
+            }),
+        )
 }
 
 /// `200 {status: "ok", version, store}`, or 503 when the store does not answer within 1 s.
