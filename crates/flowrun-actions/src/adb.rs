@@ -261,6 +261,45 @@ impl Adb {
     }
 }
 
+#[async_trait::async_trait]
+impl crate::DeviceProvider for Adb {
+    async fn execute(
+        &self,
+        address: &str,
+        method: &str,
+        params: &Value,
+        cancel: &CancellationToken,
+    ) -> Result<Option<StepOutput>, StepFailure> {
+        Adb::execute(self, address, method, params, cancel).await
+    }
+
+    /// `adb -s <serial> get-state`: `device` is online, anything else (an error included)
+    /// offline. Bounded so a wedged adb server cannot stall the probes.
+    async fn probe(&self, address: &str) -> crate::ProbeState {
+        let cancel = CancellationToken::new();
+        let timer = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(PROBE_TIMEOUT).await;
+                cancel.cancel();
+            })
+        };
+        let out = self
+            .run(address, vec!["get-state".to_string()], &cancel)
+            .await;
+        timer.abort();
+        match out {
+            Ok(Some(o)) if String::from_utf8_lossy(&o.stdout).trim() == "device" => {
+                crate::ProbeState::Online
+            }
+            _ => crate::ProbeState::Offline,
+        }
+    }
+}
+
+/// Longest a `get-state` probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Kills the child's whole process group.
 fn kill_group(pid: Option<u32>) {
     #[cfg(unix)]

@@ -7,6 +7,7 @@
 //! within milliseconds.
 
 pub mod adb;
+pub mod mobilerun;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -163,15 +164,45 @@ pub trait StepExecutor: Send + Sync + 'static {
     }
 }
 
+/// A device provider (§5.12): runs device methods against a device address, captures its
+/// screen and probes it. `adb` and `mobilerun` each implement it in their own module.
+#[async_trait]
+pub trait DeviceProvider: Send + Sync {
+    /// Runs one method on the device; `Ok(None)` when `cancel` fired first.
+    async fn execute(
+        &self,
+        address: &str,
+        method: &str,
+        params: &Value,
+        cancel: &CancellationToken,
+    ) -> Result<Option<StepOutput>, StepFailure>;
+
+    /// Captures the screen as PNG; `Ok(None)` when cancelled.
+    async fn screenshot(
+        &self,
+        address: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<CapturedImage>, StepFailure> {
+        let _ = (address, cancel);
+        Err(StepFailure::new(
+            FailureClass::InvalidConfig,
+            "unsupported_provider: screenshots are not available on this provider",
+        ))
+    }
+
+    /// Whether the device is reachable now.
+    async fn probe(&self, address: &str) -> ProbeState;
+}
+
 /// The executor of this build: device steps through their device's provider; effects that
-/// are not available yet fail with a configuration error that names what is missing, never
+/// are not available fail with a configuration error that names what is missing, never
 /// silently succeed.
 #[derive(Clone, Debug)]
 pub struct Effects {
     pub adb: adb::Adb,
-    /// Mobilerun cloud API key (`FLOWRUN_MOBILERUN_API_KEY`); without one, steps on
+    /// The Mobilerun cloud (`FLOWRUN_MOBILERUN_*`); without an API key, steps on
     /// `mobilerun` devices fail `permission_denied` (§5.12).
-    pub mobilerun_api_key: Option<String>,
+    pub mobilerun: mobilerun::Mobilerun,
     /// Outbound webhook deliveries (`webhooks.send`); without it the step fails
     /// `invalid_config`.
     pub webhooks: Option<Arc<dyn webhook::WebhookService>>,
@@ -181,8 +212,25 @@ impl Default for Effects {
     fn default() -> Self {
         Self {
             adb: adb::Adb::new("adb"),
-            mobilerun_api_key: None,
+            mobilerun: mobilerun::Mobilerun::new(mobilerun::MobilerunConfig::default())
+                .expect("the default Mobilerun configuration is valid"),
             webhooks: None,
+        }
+    }
+}
+
+impl Effects {
+    /// The provider of a device's `provider` name.
+    fn provider(&self, name: &str) -> Result<&dyn DeviceProvider, StepFailure> {
+        match name {
+            "adb" => Ok(&self.adb),
+            "mobilerun" => Ok(&self.mobilerun),
+            other => Err(StepFailure::new(
+                FailureClass::InvalidConfig,
+                format!(
+                    "unsupported_provider: the '{other}' provider is not available in this build"
+                ),
+            )),
         }
     }
 }
@@ -213,25 +261,30 @@ impl StepExecutor for Effects {
                 format!("{} needs a device and the execution has none", call.method),
             ));
         };
-        match device.provider.as_str() {
-            "adb" => match self
-                .adb
-                .execute(&device.address, call.method, call.params, cancel)
-                .await?
-            {
-                Some(out) => Ok(out),
-                None => Err(StepFailure::new(FailureClass::Transient, "cancelled")),
-            },
-            "mobilerun" if self.mobilerun_api_key.is_none() => Err(StepFailure::new(
-                FailureClass::PermissionDenied,
-                "no Mobilerun API key is configured (FLOWRUN_MOBILERUN_API_KEY)",
-            )),
-            other => Err(StepFailure::new(
-                FailureClass::InvalidConfig,
-                format!(
-                    "unsupported_provider: the '{other}' provider is not available in this build"
-                ),
-            )),
+        let provider = self.provider(&device.provider)?;
+        match provider
+            .execute(&device.address, call.method, call.params, cancel)
+            .await?
+        {
+            Some(out) => Ok(out),
+            None => Err(StepFailure::new(FailureClass::Transient, "cancelled")),
+        }
+    }
+
+    async fn capture_screenshot(
+        &self,
+        device: &DeviceSnap,
+        cancel: &CancellationToken,
+    ) -> Result<Option<CapturedImage>, StepFailure> {
+        self.provider(&device.provider)?
+            .screenshot(&device.address, cancel)
+            .await
+    }
+
+    async fn probe(&self, provider: &str, address: &str) -> ProbeState {
+        match self.provider(provider) {
+            Ok(p) => p.probe(address).await,
+            Err(_) => ProbeState::Unknown,
         }
     }
 }

@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use flowrun_actions::Effects;
 use flowrun_actions::adb::Adb;
+use flowrun_actions::mobilerun::{Mobilerun, MobilerunConfig};
 use flowrun_api::{ApiConfig, App};
 use flowrun_engine::webhooks::{TargetPolicy, WebhookConfig, Webhooks};
 use flowrun_engine::{Engine, EngineConfig};
@@ -88,6 +89,26 @@ struct ServeArgs {
           num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
     metrics: bool,
+    /// Base URL of the Mobilerun cloud REST API.
+    #[arg(
+        long,
+        env = "FLOWRUN_MOBILERUN_BASE_URL",
+        default_value = "https://api.mobilerun.ai/v1"
+    )]
+    mobilerun_base_url: String,
+    /// `llmModel` of `tasks.run` steps that name none.
+    #[arg(
+        long,
+        env = "FLOWRUN_MOBILERUN_LLM_MODEL",
+        default_value = "mobilerun/mobile-agent-fast"
+    )]
+    mobilerun_llm_model: String,
+    /// How often a running cloud task is polled, in milliseconds.
+    #[arg(long, env = "FLOWRUN_MOBILERUN_POLL_MS", default_value_t = 2000)]
+    mobilerun_poll_ms: u64,
+    /// Seconds between two probes of every device (§5.12).
+    #[arg(long, env = "FLOWRUN_DEVICE_PROBE_SECONDS", default_value_t = 60)]
+    device_probe_seconds: u64,
     #[command(flatten)]
     webhooks: WebhookArgs,
 }
@@ -176,6 +197,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mobilerun = Mobilerun::new(MobilerunConfig {
+        base_url: args.mobilerun_base_url.clone(),
+        api_key: args.mobilerun_api_key.clone(),
+        default_llm_model: args.mobilerun_llm_model.clone(),
+        poll_interval: Duration::from_millis(args.mobilerun_poll_ms.max(1)),
+        ..MobilerunConfig::default()
+    })
+    .map_err(anyhow::Error::msg)?;
     let store = flowrun_store::open(&args.db.database_url)
         .await
         .with_context(|| format!("opening database {}", args.db.database_url))?;
@@ -226,7 +255,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         Arc::new(Effects {
             adb: Adb::new(&args.adb),
-            mobilerun_api_key: args.mobilerun_api_key.clone(),
+            mobilerun,
             webhooks: Some(webhooks.clone()),
         }),
     )
