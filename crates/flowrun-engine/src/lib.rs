@@ -6,6 +6,8 @@
 //!   heartbeat and the reaper that re-queues rows of a crashed node.
 //! - [`health`]: flow health after a terminal live run.
 //! - [`scheduler`]: schedule triggers (§5.3), sleeping until the earliest due time.
+//! - `probes`: device reachability probes (registration, address change, after device
+//!   steps, periodically), off every request and step path.
 //! - [`webhooks`]: outbound webhook deliveries (retries, endpoint health) and flow
 //!   notifications.
 //!
@@ -15,6 +17,7 @@
 pub mod enqueue;
 pub mod events;
 pub mod health;
+mod probes;
 pub mod scheduler;
 pub mod snapshot;
 mod telemetry;
@@ -54,6 +57,8 @@ pub struct EngineConfig {
     /// Only this process uses the store (SQLite): rows left `running` by a previous process
     /// are reclaimed at start instead of after their lease expires.
     pub exclusive_store: bool,
+    /// Every device is probed this often (§5.12).
+    pub probe_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +71,7 @@ impl Default for EngineConfig {
             flow_rate_limit_per_minute: 60,
             poll_interval: Duration::from_millis(250),
             exclusive_store: true,
+            probe_interval: Duration::from_secs(60),
         }
     }
 }
@@ -110,6 +116,8 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     /// Per-flow rate-limit buckets: taken by the enqueuer, read by dry-runs.
     pub buckets: Mutex<enqueue::Buckets>,
+    /// Devices to probe (§5.12).
+    pub probes: mpsc::UnboundedSender<Uuid>,
 }
 
 impl Shared {
@@ -181,6 +189,7 @@ impl Engine {
         let store = registry.store().clone();
         let (writer, writes) = mpsc::unbounded_channel();
         let buckets = enqueue::Buckets::new(config.flow_rate_limit_per_minute);
+        let (probes, probe_requests) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             registry,
             store,
@@ -194,6 +203,7 @@ impl Engine {
             writer,
             shutdown: CancellationToken::new(),
             buckets: Mutex::new(buckets),
+            probes,
         });
         if shared.config.exclusive_store {
             worker::reap(&shared, true).await?;
@@ -206,6 +216,7 @@ impl Engine {
         tokio::spawn(events::run_router(shared.clone(), firings.clone()));
         tokio::spawn(worker::run_dispatcher(shared.clone()));
         tokio::spawn(worker::run_heartbeat(shared.clone()));
+        tokio::spawn(probes::run_prober(shared.clone(), probe_requests));
         let schedules = scheduler::start(&shared, firings.clone()).await?;
         Ok(Arc::new(Engine {
             shared,
@@ -265,6 +276,11 @@ impl Engine {
     /// Rows running on this node now.
     pub fn running_count(&self) -> usize {
         self.shared.running().len()
+    }
+
+    /// Asks for a probe of the device soon (registration, address change); never waits.
+    pub fn probe_device(&self, device_id: Uuid) {
+        let _ = self.shared.probes.send(device_id);
     }
 
     /// Devices leased by a run on this node (`Device.state: "busy"`).

@@ -1094,6 +1094,14 @@ impl Run {
         };
         let limit = hard_timeout(&step.method, params);
         let fut = self.shared.executor.execute(call, &self.cancel);
+        // Whatever the step did, its device's state is worth a fresh look (§5.12).
+        let _probe_after = ProbeAfter(
+            self.snap
+                .device
+                .as_ref()
+                .filter(|_| catalog::needs_device(&step.method, &step.service))
+                .map(|d| (d.id, &self.shared.probes)),
+        );
         tokio::select! {
             r = tokio::time::timeout(limit, fut) => match r {
                 Ok(Ok(out)) => Ok(StepBody::Done(out)),
@@ -1104,6 +1112,17 @@ impl Run {
                 )),
             },
             _ = self.cancel.cancelled() => Ok(StepBody::Stop),
+        }
+    }
+}
+
+/// Requests a probe of the step's device when the step ends (however it ends).
+struct ProbeAfter<'a>(Option<(Uuid, &'a tokio::sync::mpsc::UnboundedSender<Uuid>)>);
+
+impl Drop for ProbeAfter<'_> {
+    fn drop(&mut self) {
+        if let Some((id, probes)) = self.0 {
+            let _ = probes.send(id);
         }
     }
 }

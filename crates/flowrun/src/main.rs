@@ -246,6 +246,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             // SQLite is one process's file: rows left running were this node's, and every
             // enqueue happens here and wakes the dispatcher, so the queue needs no polling.
             exclusive_store: store.backend() == "sqlite",
+            probe_interval: Duration::from_secs(args.device_probe_seconds.max(1)),
             poll_interval: if store.backend() == "sqlite" {
                 Duration::from_secs(5)
             } else {

@@ -109,6 +109,7 @@ async fn create_device(
     app.registry
         .apply(vec![Change::PutDevice(device.clone())])
         .await?;
+    app.engine.probe_device(device.id);
     Ok(created(device))
 }
 
@@ -192,18 +193,23 @@ async fn update_device(
     if let Field::Value(n) = name {
         d.name = n;
     }
+    let mut readdressed = false;
     if let Field::Value(a) = address
         && a != d.address
     {
         check_unique(&app, &caller, &d.provider, &a, Some(d.id))?;
         d.address = a;
         d.state = "unknown".to_string();
+        readdressed = true;
     }
     d.updated_at = Ts::now();
     app.registry
         .apply(vec![Change::PutDevice(d.clone())])
         .await?;
-    Ok(data(d))
+    if readdressed {
+        app.engine.probe_device(d.id);
+    }
+    Ok(data(with_lease(&d, &app.engine.busy_devices())))
 }
 
 /// Delete a device that no flow uses.
