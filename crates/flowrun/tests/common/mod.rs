@@ -452,3 +452,5 @@ pub fn assert_keys(v: &Value, keys: &[&str]) {
     want.sort();
     assert_eq!(have, want, "keys of {v}");
 }
+
+pub mod cloud;
