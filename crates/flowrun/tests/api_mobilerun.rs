@@ -188,7 +188,7 @@ fn is_probe_path(p: &str) -> bool {
         .is_some_and(|rest| !rest.contains('/'))
 }
 
-fn step<'a>(e: &'a Value, i: usize) -> &'a Value {
+fn step(e: &Value, i: usize) -> &Value {
     &e["result"]["steps"][i]
 }
 
@@ -494,6 +494,7 @@ async fn abort_during_a_long_task_cancels_it_in_the_cloud_within_100_ms() {
     assert_eq!(cancel["method"], "POST");
     assert_eq!(cancel["authorization"], format!("Bearer {CLOUD_KEY}"));
     let lag = cancel["at"].as_f64().unwrap() - replied_at;
+    eprintln!("cloud cancel recorded {lag:.1} ms after the abort reply");
     assert!(
         lag <= 100.0,
         "the cloud task was cancelled {lag:.1} ms after the abort reply"
