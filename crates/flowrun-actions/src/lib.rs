@@ -57,6 +57,8 @@ impl FailureClass {
 pub struct StepFailure {
     pub class: FailureClass,
     pub message: String,
+    /// The provider task / agent run that failed, when one was started (`sessionId`).
+    pub session_id: Option<String>,
 }
 
 impl StepFailure {
@@ -64,7 +66,14 @@ impl StepFailure {
         Self {
             class,
             message: message.into(),
+            session_id: None,
         }
+    }
+
+    /// The failure of a provider task or agent run with this id.
+    pub fn with_session(mut self, id: impl Into<String>) -> Self {
+        self.session_id = Some(id.into());
+        self
     }
 }
 

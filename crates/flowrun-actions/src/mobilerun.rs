@@ -443,7 +443,7 @@ impl Mobilerun {
             .unwrap_or("completed")
             .to_string();
         let succeeded = record.get("succeeded").and_then(Value::as_bool);
-        check_outcome(&status, succeeded, &record, "task")?;
+        check_outcome(&status, succeeded, &record, "task").map_err(|f| f.with_session(&job.id))?;
         Ok(Some(StepOutput {
             body: json!({
                 "taskId": job.id,
@@ -493,7 +493,8 @@ impl Mobilerun {
             .unwrap_or("completed")
             .to_string();
         let succeeded = record.get("succeeded").and_then(Value::as_bool);
-        check_outcome(&status, succeeded, &record, "agent run")?;
+        check_outcome(&status, succeeded, &record, "agent_run")
+            .map_err(|f| f.with_session(&job.id))?;
         let verdict_json = if request_verdict {
             record.get("verdict").cloned().filter(|v| v.is_object())
         } else {

@@ -789,6 +789,7 @@ impl Run {
                     let r = self.step_result(loc);
                     r.status = step_status::FAILED.into();
                     r.error = Some(failure.to_string());
+                    r.session_id = failure.session_id.clone();
                     (
                         NodeEnd::Failed {
                             failure: failure.clone(),

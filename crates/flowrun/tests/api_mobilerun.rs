@@ -155,17 +155,18 @@ impl Kit {
         }
     }
 
-    async fn wait_flow_status(&self, id: &str, status: &str) -> Value {
+    /// Polls the flow until `pred` holds (health is recorded just after the terminal write).
+    async fn wait_flow(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let r = self.s.get(&format!("/v1/flows/{id}")).await;
             r.expect(200);
-            if r.data()["status"] == status {
+            if pred(r.data()) {
                 return r.data().clone();
             }
             assert!(
                 Instant::now() < deadline,
-                "flow {id} never became {status}; last: {}",
+                "flow {id} did not reach the expected state; last: {}",
                 r.text
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -279,11 +280,16 @@ async fn a_task_that_does_not_succeed_fails_the_step_as_logic() {
         err.starts_with("shop: logic: task_failed: no such item"),
         "{err}"
     );
-    assert!(step(&e, 0)["sessionId"].is_null() || step(&e, 0)["sessionId"].is_string());
+    let task_id = k.calls().await[1]["path"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("/v1/tasks/")
+        .trim_end_matches("/status")
+        .to_string();
+    assert_eq!(step(&e, 0)["sessionId"], task_id.as_str());
     let created = &k.calls().await[0];
     assert_eq!(created["body"]["llmModel"], "m-1", "a named model is kept");
-    let flow = k.s.get(&format!("/v1/flows/{f}")).await;
-    assert_eq!(flow.data()["lastFailureCode"], "logic");
+    k.wait_flow(&f, |f| f["lastFailureCode"] == "logic").await;
 }
 
 #[tokio::test]
@@ -422,8 +428,10 @@ async fn a_rejected_key_is_permission_denied_and_blocks_the_flow() {
     let err = e["error"].as_str().unwrap();
     assert!(err.starts_with("tap: permission_denied: "), "{err}");
     assert!(!err.contains("not-the-key"), "the key never shows: {err}");
-    let flow = k.wait_flow_status(&f, "blocked").await;
-    assert_eq!(flow["lastFailureCode"], "permission_denied");
+    k.wait_flow(&f, |f| {
+        f["status"] == "blocked" && f["lastFailureCode"] == "permission_denied"
+    })
+    .await;
     let tap = k
         .cloud
         .wait_request(
@@ -446,7 +454,10 @@ async fn an_unknown_cloud_device_is_device_not_found() {
     assert_eq!(e["status"], "failed", "{e}");
     let err = e["error"].as_str().unwrap();
     assert!(err.starts_with("tap: device_not_found: "), "{err}");
-    k.wait_flow_status(&f, "blocked").await;
+    k.wait_flow(&f, |f| {
+        f["status"] == "blocked" && f["lastFailureCode"] == "device_not_found"
+    })
+    .await;
 }
 
 #[tokio::test]
