@@ -193,6 +193,20 @@ impl StepExecutor for Effects {
         self.webhooks.clone()
     }
 
+    async fn capture_screenshot(
+        &self,
+        device: &DeviceSnap,
+        cancel: &CancellationToken,
+    ) -> Result<Option<CapturedImage>, StepFailure> {
+        match device.provider.as_str() {
+            "adb" => self.adb.screenshot(&device.address, cancel).await,
+            other => Err(StepFailure::new(
+                FailureClass::InvalidConfig,
+                format!("unsupported_provider: screenshots are not available on '{other}' devices"),
+            )),
+        }
+    }
+
     async fn execute(
         &self,
         call: StepCall<'_>,
