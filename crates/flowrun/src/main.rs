@@ -88,6 +88,10 @@ struct ServeArgs {
           num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
     metrics: bool,
+    /// Public base URL of this server (`https://flowrun.example.com`): the origin of signed
+    /// screenshot URLs. Unset: the request's scheme and `Host`.
+    #[arg(long, env = "FLOWRUN_PUBLIC_URL", value_parser = flowrun_api::signing::parse_public_url)]
+    public_url: Option<String>,
     #[command(flatten)]
     webhooks: WebhookArgs,
 }
@@ -240,6 +244,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             body_limit: args.body_limit,
             routine_limit: args.routine_limit,
             metrics,
+            public_url: args.public_url.clone(),
+            signing_key: flowrun_api::signing::SigningKey::load(&*store)
+                .await
+                .context("loading the artifact signing key")?,
         },
     );
     match &args.api_key {
