@@ -43,6 +43,14 @@ impl SigningKey {
         SigningKey(key)
     }
 
+    /// A configured key (`--artifact-signing-key`): at least 32 bytes of secret text.
+    pub fn from_secret(secret: &str) -> Result<Self, String> {
+        if secret.len() < 32 {
+            return Err("the artifact signing key must be at least 32 bytes long".to_string());
+        }
+        Ok(SigningKey(secret.as_bytes().to_vec()))
+    }
+
     /// The database's key, created on first use; concurrent first starts agree on one.
     pub async fn load(store: &dyn flowrun_store::Store) -> Result<Self, KeyError> {
         let stored = store

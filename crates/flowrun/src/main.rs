@@ -92,6 +92,11 @@ struct ServeArgs {
     /// screenshot URLs. Unset: the request's scheme and `Host`.
     #[arg(long, env = "FLOWRUN_PUBLIC_URL", value_parser = flowrun_api::signing::parse_public_url)]
     public_url: Option<String>,
+    /// Secret (≥ 32 bytes) that signs artifact URLs; every node serving one database must
+    /// use the same. Unset: a key generated once and kept in the database.
+    #[arg(long, env = "FLOWRUN_ARTIFACT_SIGNING_KEY", hide_env_values = true,
+          value_parser = flowrun_api::signing::SigningKey::from_secret)]
+    artifact_signing_key: Option<flowrun_api::signing::SigningKey>,
     #[command(flatten)]
     webhooks: WebhookArgs,
 }
@@ -245,9 +250,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             routine_limit: args.routine_limit,
             metrics,
             public_url: args.public_url.clone(),
-            signing_key: flowrun_api::signing::SigningKey::load(&*store)
-                .await
-                .context("loading the artifact signing key")?,
+            signing_key: match &args.artifact_signing_key {
+                Some(key) => key.clone(),
+                None => flowrun_api::signing::SigningKey::load(&*store)
+                    .await
+                    .context("loading the artifact signing key")?,
+            },
         },
     );
     match &args.api_key {

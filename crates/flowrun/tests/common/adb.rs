@@ -3,9 +3,9 @@
 //!
 //! It appends its arguments to `adb.log` next to it; `get-state` answers `device`; with a file
 //! `slow` next to it every other call writes its pid to `slow.pid` and sleeps 30 s, with
-//! `gone` it fails with "device not found", with `fail` it exits 1; `exec-out screencap -p`
-//! writes the bytes of `screen.png` (initially [`PNG`]) to stdout and exits 1 when a file
-//! `noscreen` exists; everything else succeeds.
+//! `gone` it fails with "device not found"; `exec-out screencap -p` writes the bytes of
+//! `screen.png` (initially [`PNG`]) to stdout and exits 1 when a file `noscreen` exists; any
+//! other call exits 1 with a file `fail`, else succeeds.
 
 use std::path::PathBuf;
 
@@ -29,11 +29,11 @@ pub fn fake_adb() -> (tempfile::TempDir, PathBuf) {
          case \"$*\" in *get-state*) echo device; exit 0;; esac\n\
          if [ -f \"$d/slow\" ]; then echo $$ > \"$d/slow.pid\"; exec sleep 30; fi\n\
          if [ -f \"$d/gone\" ]; then echo \"error: device 'x' not found\" >&2; exit 1; fi\n\
-         if [ -f \"$d/fail\" ]; then echo \"error: closed\" >&2; exit 1; fi\n\
          case \"$*\" in *\"exec-out screencap -p\"*)\n\
            if [ -f \"$d/noscreen\" ]; then echo \"error: screencap failed\" >&2; exit 1; fi\n\
            exec cat \"$d/screen.png\";;\n\
          esac\n\
+         if [ -f \"$d/fail\" ]; then echo \"error: closed\" >&2; exit 1; fi\n\
          exit 0\n",
     )
     .unwrap();
