@@ -693,6 +693,27 @@ async fn delivery_records_are_written_at_the_terminal_state() {
     let e = k.done(&k.run(&f, json!({})).await).await;
     assert_eq!(e["deliveries"], json!([]));
 
+    // An aborted run gets its records with the `cancelled` write.
+    let long_wait = k
+        .action("flow.wait", "Long wait", json!({"seconds": 30}))
+        .await;
+    let aborted = k
+        .flow(json!({"name": "Aborted", "triggerId": t, "deviceIds": [d],
+                     "actions": [node(&shot, 0, "shot"), node(&long_wait, 1, "wait")],
+                     "delivery": {"destination": "mobilerun", "screenshots": true}}))
+        .await;
+    let id = k.run(&aborted, json!({})).await;
+    k.wait_exec(&id, |e| e["progress"]["steps"][1]["status"] == "running")
+        .await;
+    k.s.post(&format!("/v1/executions/{id}/abort"), json!({}))
+        .await
+        .expect(200);
+    let e = k.done(&id).await;
+    assert_eq!(e["status"], "cancelled", "{e}");
+    assert_eq!(e["screenshots"].as_array().unwrap().len(), 1, "{e}");
+    assert_eq!(e["deliveries"].as_array().unwrap().len(), 1, "{e}");
+    assert_eq!(e["deliveries"][0]["status"], "succeeded");
+
     // A failed run delivers what it captured before failing (the stand-in's taps fail).
     let tap = k
         .action("devices.tap", "Tap", json!({"x": 1, "y": 1}))
