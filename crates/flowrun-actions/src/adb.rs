@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::{FailureClass, StepFailure, StepOutput};
+use crate::{CapturedImage, FailureClass, StepFailure, StepOutput};
+
+/// The first bytes of every PNG file.
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
 /// Runs device steps through the `adb` executable.
 #[derive(Clone, Debug)]
@@ -149,6 +152,17 @@ impl Adb {
                 done(r, ok())
             }
             "devices.wait_for_text" => self.wait_for_text(serial, params, cancel).await,
+            "devices.screenshot" => {
+                let Some(image) = self.screenshot(serial, cancel).await? else {
+                    return Ok(None);
+                };
+                Ok(Some(StepOutput {
+                    // The engine adds `screenshotId` once the image is stored.
+                    body: json!({ "mimeType": image.mime_type }),
+                    images: vec![image],
+                    ..Default::default()
+                }))
+            }
             "tasks.run" | "agent.run" => Err(StepFailure::new(
                 FailureClass::InvalidConfig,
                 "unsupported_provider: adb devices cannot run agent tasks",
@@ -158,6 +172,33 @@ impl Adb {
                 format!("unsupported_provider: {other} is not available on adb devices yet"),
             )),
         }
+    }
+
+    /// `exec-out screencap -p`: stdout is the PNG. `Ok(None)` when cancelled.
+    pub async fn screenshot(
+        &self,
+        serial: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<CapturedImage>, StepFailure> {
+        let args = ["exec-out", "screencap", "-p"].map(String::from).to_vec();
+        let Some(out) = self.run(serial, args, cancel).await? else {
+            return Ok(None);
+        };
+        if !out.stdout.starts_with(PNG_SIGNATURE) {
+            // A device that cannot capture prints an error on stdout and still exits 0.
+            let text: String = String::from_utf8_lossy(&out.stdout)
+                .chars()
+                .take(200)
+                .collect();
+            return Err(StepFailure::new(
+                FailureClass::Transient,
+                format!("screencap returned no PNG image: {}", text.trim()),
+            ));
+        }
+        Ok(Some(CapturedImage {
+            mime_type: "image/png".to_string(),
+            bytes: out.stdout,
+        }))
     }
 
     async fn wait_for_text(
@@ -271,6 +312,14 @@ impl crate::DeviceProvider for Adb {
         cancel: &CancellationToken,
     ) -> Result<Option<StepOutput>, StepFailure> {
         Adb::execute(self, address, method, params, cancel).await
+    }
+
+    async fn screenshot(
+        &self,
+        address: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<CapturedImage>, StepFailure> {
+        Adb::screenshot(self, address, cancel).await
     }
 
     /// `adb -s <serial> get-state`: `device` is online, anything else (an error included)

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod query;
 pub mod routes;
+pub mod signing;
 
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -44,6 +45,11 @@ pub struct ApiConfig {
     pub routine_limit: Option<u64>,
     /// The process's Prometheus recorder; `None` = `/metrics` disabled (404).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Origin of signed artifact URLs (`https://flowrun.example.com`, no trailing slash);
+    /// `None` = the request's scheme and `Host`.
+    pub public_url: Option<String>,
+    /// Signs artifact URLs; shared by every node on one database.
+    pub signing_key: signing::SigningKey,
 }
 
 impl Default for ApiConfig {
@@ -52,6 +58,8 @@ impl Default for ApiConfig {
             body_limit: 1 << 20,
             routine_limit: None,
             metrics: None,
+            public_url: None,
+            signing_key: signing::SigningKey::random(),
         }
     }
 }
@@ -98,16 +106,23 @@ pub struct BodyLimit(pub usize);
 
 /// Builds the complete service: every route under `/v1` and at the root.
 pub fn router(app: App) -> Router {
-    let (api, doc) = routes::api_router().split_for_parts();
+    let (api, mut doc) = routes::api_router().split_for_parts();
+    let (public, public_doc) = routes::public_router().split_for_parts();
+    doc.merge(public_doc);
     let doc = Arc::new(openapi::finish(doc));
     let mut api = api
         .route_layer(from_fn_with_state(app.clone(), idempotency::idempotency))
         .route_layer(from_fn_with_state(app.clone(), auth::require_key));
+    let mut public = public;
     if app.config.metrics.is_some() {
         // Outside auth, so refused requests are counted too.
         api = api.route_layer(from_fn(metrics::record_http));
+        public = public.route_layer(from_fn(metrics::record_http));
     }
-    let inner: Router<App> = Router::new().merge(routes::ops::router(doc)).merge(api);
+    let inner: Router<App> = Router::new()
+        .merge(routes::ops::router(doc))
+        .merge(public)
+        .merge(api);
     let limit = app.config.body_limit;
     Router::new()
         .nest("/v1", inner.clone())

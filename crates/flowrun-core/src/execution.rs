@@ -177,6 +177,32 @@ pub struct DeliveryRecord {
     pub finished_at: Option<Ts>,
 }
 
+/// `Repair` (§4.8): one attempt of a self-healing episode.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Repair {
+    pub id: Uuid,
+    pub flow_id: Uuid,
+    pub episode: i64,
+    pub attempt: i64,
+    pub max_attempts: i64,
+    /// `pending` | `running` | `canary` | `promoting` | `repaired` | `failed` | `escalated`
+    pub status: String,
+    pub source_execution_id: Uuid,
+    pub failed_step_index: i64,
+    pub original_slug: String,
+    pub candidate_slug: String,
+    pub device_id: Option<Uuid>,
+    pub agent_run_id: Option<String>,
+    pub chat_session_id: Option<String>,
+    pub verdict: Option<Verdict>,
+    pub error: Option<String>,
+    pub started_at: Option<Ts>,
+    pub finished_at: Option<Ts>,
+    pub created_at: Option<Ts>,
+    pub updated_at: Option<Ts>,
+}
+
 /// The mutable state of an execution, stored as one JSON document.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase", default)]

@@ -14,6 +14,7 @@
 //! The store is the authority for every status; the engine's in-memory maps (running rows,
 //! their cancellation tokens, busy devices) only speed up signalling on this node.
 
+mod artifacts;
 pub mod enqueue;
 pub mod events;
 pub mod health;
@@ -250,13 +251,15 @@ impl Engine {
     pub async fn abort(&self, owner_id: &str, id: Uuid) -> Result<AbortOutcome, EngineError> {
         let asked = std::time::Instant::now();
         let now = Ts::now();
+        let registry = self.shared.registry.clone();
         let outcome = self
             .shared
             .store
             .abort_execution(owner_id, id, now.millis(), &move |row: &ExecutionRow| {
-                flowrun_core::execution::ExecState::parse(&row.state)
-                    .cancelled(now)
-                    .to_json()
+                let mut state =
+                    flowrun_core::execution::ExecState::parse(&row.state).cancelled(now);
+                artifacts::add_deliveries(&registry, &row.owner_id, row.flow_id, &mut state, now);
+                state.to_json()
             })
             .await?;
         if let AbortOutcome::Cancelled(row) = &outcome {

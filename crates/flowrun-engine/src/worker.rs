@@ -20,7 +20,7 @@ use flowrun_core::Ts;
 use flowrun_core::catalog;
 use flowrun_core::conditions;
 use flowrun_core::execution::{
-    ExecState, ExecutionResult, SnapStep, Snapshot, StepResult, step_status,
+    ExecState, ExecutionResult, Screenshot, SnapStep, Snapshot, StepResult, step_status,
 };
 use flowrun_core::keys;
 use flowrun_core::params;
@@ -29,9 +29,11 @@ use flowrun_core::templates::{self, LoopCtx, StepRef, TemplateScope};
 use flowrun_store::{ExecUpdate, ExecutionRow};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::artifacts::{self, ShotPlace};
 use crate::health::{self, Outcome};
 use crate::{EngineError, RunningEntry, Shared};
 
@@ -77,6 +79,7 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut rx: mpsc::UnboundedRecei
 /// process); rows out of attempts end `failed` and count as failures for health.
 pub(crate) async fn reap(shared: &Arc<Shared>, all_others: bool) -> Result<(), EngineError> {
     let now = Ts::now();
+    let registry = shared.registry.clone();
     let outcome = shared
         .store
         .reap_executions(
@@ -97,6 +100,7 @@ pub(crate) async fn reap(shared: &Arc<Shared>, all_others: bool) -> Result<(), E
                     .map(|s| s.key.clone())
                     .unwrap_or_else(|| "execution".to_string());
                 fail_open_steps(&mut state, now);
+                artifacts::add_deliveries(&registry, &row.owner_id, row.flow_id, &mut state, now);
                 (
                     format!(
                         "{key}: transient: the worker running this execution was lost on every attempt"
@@ -119,6 +123,8 @@ pub(crate) async fn reap(shared: &Arc<Shared>, all_others: bool) -> Result<(), E
             )
             .await;
             crate::webhooks::run_finished(shared, row, "failed").await;
+            let (index, key) = artifacts::failed_step(&ExecState::parse(&row.state));
+            artifacts::open_repair(shared, row, index, &key).await;
         }
     }
     if !outcome.requeued.is_empty() {
@@ -297,6 +303,11 @@ struct Run {
     loop_ctx: Option<LoopCtx>,
     /// Last step's failure class (health).
     failure_class: Option<FailureClass>,
+    /// `seq` of the next screenshot (§5.18).
+    next_seq: i64,
+    /// Screenshots captured for `captureScreenshots` whose bytes are being stored; a record
+    /// joins the state once its bytes are stored (`None` = capture lost).
+    pending_shots: JoinSet<Option<Screenshot>>,
 }
 
 impl Run {
@@ -368,7 +379,19 @@ impl Run {
             results: Vec::new(),
             loop_ctx: None,
             failure_class: None,
+            next_seq: 0,
+            pending_shots: JoinSet::new(),
             row,
+        })
+        .map(|mut run| {
+            run.next_seq = run
+                .state
+                .screenshots
+                .iter()
+                .map(|s| s.seq + 1)
+                .max()
+                .unwrap_or(0);
+            run
         })
     }
 
@@ -378,6 +401,9 @@ impl Run {
 
     /// Sends the current state; with `wait`, returns whether it applied (false = stop).
     async fn save(&mut self, wait: bool) -> bool {
+        while let Some(done) = self.pending_shots.try_join_next() {
+            self.add_screenshot(done.ok().flatten());
+        }
         let update = ExecUpdate {
             id: self.row.id,
             lease_owner: self.lease_owner.clone(),
@@ -420,6 +446,17 @@ impl Run {
         if let Some(p) = &mut self.state.progress {
             p.current_index = None;
         }
+        // Every captured screenshot is stored (and listed) before the row is terminal.
+        while let Some(done) = self.pending_shots.join_next().await {
+            self.add_screenshot(done.ok().flatten());
+        }
+        artifacts::add_deliveries(
+            &self.shared.registry,
+            &self.row.owner_id,
+            self.row.flow_id,
+            &mut self.state,
+            Ts::now(),
+        );
         let update = ExecUpdate {
             id: self.row.id,
             lease_owner: self.lease_owner.clone(),
@@ -494,7 +531,7 @@ impl Run {
 
         let snap = self.snap.clone();
         let total = snap.steps.len();
-        let mut failed: Option<(String, StepFailure)> = None;
+        let mut failed: Option<(usize, String, StepFailure)> = None;
         for (i, step) in snap.steps.iter().enumerate() {
             if self.step_result(Loc::Top(i)).status == step_status::SUCCESS
                 || (self.step_result(Loc::Top(i)).status == step_status::FAILED
@@ -519,7 +556,7 @@ impl Run {
                 } => {
                     self.failure_class = Some(failure.class);
                     if !tolerated {
-                        failed = Some((key, failure));
+                        failed = Some((i, key, failure));
                     }
                 }
             }
@@ -538,7 +575,7 @@ impl Run {
                     crate::webhooks::run_finished(&self.shared, &self.row, "success").await;
                 }
             }
-            Some((key, failure)) => {
+            Some((index, key, failure)) => {
                 let error = format!("{key}: {failure}");
                 if self.finish("failed", Some(error), false).await && self.is_live() {
                     self.record_health(Outcome::Failure {
@@ -546,6 +583,7 @@ impl Run {
                     })
                     .await;
                     crate::webhooks::run_finished(&self.shared, &self.row, "failed").await;
+                    artifacts::open_repair(&self.shared, &self.row, index as i64, &key).await;
                 }
             }
         }
@@ -759,6 +797,10 @@ impl Run {
             if self.cancel.is_cancelled() {
                 return NodeEnd::Stop;
             }
+            let outcome = match outcome {
+                Ok(StepBody::Done(out)) => self.store_step_images(step, loc, out).await,
+                other => other,
+            };
             let end = Ts::now();
             let (end_state, body_failure) = match outcome {
                 Ok(StepBody::Done(out)) => {
@@ -819,8 +861,138 @@ impl Run {
                 Loc::Child { top, .. } | Loc::Iter { top, .. } => top,
             };
             self.remember(i, loc, &snapshot_of_result, record);
+            if self.snap.capture_screenshots
+                && catalog::needs_device(&step.method, &step.service)
+                && !self.cancel.is_cancelled()
+            {
+                // The step's completion commits while the screen is captured.
+                self.save(false).await;
+                self.capture_after(step, loc).await;
+            }
             end_state
         })
+    }
+
+    fn shot_place(&self, step: &SnapStep, loc: Loc) -> ShotPlace {
+        let (step_index, iteration_index) = match loc {
+            Loc::Top(i) | Loc::Child { top: i, .. } => (i as i64, -1),
+            Loc::Iter { top, iter, .. } => (top as i64, iter as i64),
+        };
+        ShotPlace {
+            step_index,
+            iteration_index,
+            step_name: step.name.clone(),
+            source: if step.method == "agent.run" {
+                "agent"
+            } else {
+                "task"
+            },
+        }
+    }
+
+    fn add_screenshot(&mut self, shot: Option<Screenshot>) {
+        if let Some(shot) = shot {
+            let shots = &mut self.state.screenshots;
+            let at = shots.partition_point(|s| s.seq < shot.seq);
+            shots.insert(at, shot);
+        }
+    }
+
+    /// Stores the images a step returned before its result is recorded (its output names
+    /// them); `devices.screenshot` fails when its image cannot be stored.
+    async fn store_step_images(
+        &mut self,
+        step: &SnapStep,
+        loc: Loc,
+        mut out: StepOutput,
+    ) -> Result<StepBody, StepFailure> {
+        let is_screenshot_step = step.method == "devices.screenshot";
+        if is_screenshot_step && out.images.is_empty() {
+            return Err(StepFailure::new(
+                FailureClass::Transient,
+                "the device returned no screenshot",
+            ));
+        }
+        let mut first_id = None;
+        for image in std::mem::take(&mut out.images) {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let stored = artifacts::store_screenshot(
+                &self.shared.store,
+                &self.row.owner_id,
+                self.row.id,
+                seq,
+                self.shot_place(step, loc),
+                image,
+                Ts::now(),
+            )
+            .await;
+            match stored {
+                Ok(shot) => {
+                    first_id.get_or_insert_with(|| shot.id.clone());
+                    self.add_screenshot(Some(shot));
+                }
+                Err(e) if is_screenshot_step => {
+                    return Err(StepFailure::new(
+                        FailureClass::Transient,
+                        format!("storing the screenshot failed: {e}"),
+                    ));
+                }
+                Err(e) => tracing::warn!(error = %e, id = %self.row.id, "storing an image failed"),
+            }
+        }
+        if is_screenshot_step && let (Some(id), Value::Object(body)) = (first_id, &mut out.body) {
+            body.insert("screenshotId".into(), Value::String(id));
+        }
+        Ok(StepBody::Done(out))
+    }
+
+    /// `captureScreenshots` (§5.18): one more screenshot after a device step. The capture
+    /// precedes the next step (it shows this step's screen); the bytes are stored in the
+    /// background. A failure here never fails the step.
+    async fn capture_after(&mut self, step: &SnapStep, loc: Loc) {
+        let Some(device) = self.snap.device.clone() else {
+            return;
+        };
+        let captured_at = Ts::now();
+        let capture = self
+            .shared
+            .executor
+            .capture_screenshot(&device, &self.cancel);
+        let image = match tokio::time::timeout(CAPTURE_TIMEOUT, capture).await {
+            Ok(Ok(Some(image))) => image,
+            Ok(Ok(None)) => return,
+            Ok(Err(f)) => {
+                tracing::warn!(id = %self.row.id, step = %step.key, error = %f, "screenshot capture failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(id = %self.row.id, step = %step.key, "screenshot capture timed out");
+                return;
+            }
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let store = self.shared.store.clone();
+        let owner = self.row.owner_id.clone();
+        let execution_id = self.row.id;
+        let place = self.shot_place(step, loc);
+        self.pending_shots.spawn(async move {
+            artifacts::store_screenshot(
+                &store,
+                &owner,
+                execution_id,
+                seq,
+                place,
+                image,
+                captured_at,
+            )
+            .await
+            .inspect_err(
+                |e| tracing::warn!(error = %e, id = %execution_id, "storing a screenshot failed"),
+            )
+            .ok()
+        });
     }
 
     fn resolve_params(&self, step: &SnapStep) -> Result<Value, StepFailure> {
@@ -1192,6 +1364,9 @@ fn collect_paths(node: &Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+/// Longest wait for a `captureScreenshots` capture.
+const CAPTURE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Hard timeouts per method (§5.9).
 fn hard_timeout(method: &str, params: &Value) -> Duration {

@@ -6,9 +6,11 @@
 //! store; the store is the authority at start-up. Idempotency records and API keys live only
 //! in the store.
 
+pub mod artifacts;
 mod canonical;
 pub mod events;
 pub mod executions;
+mod pg_artifacts;
 mod pg_events;
 mod pg_exec;
 mod pg_sched;
@@ -17,6 +19,7 @@ mod postgres;
 mod registry;
 pub mod schedules;
 mod sqlite;
+mod sqlite_artifacts;
 mod sqlite_events;
 mod sqlite_exec;
 mod sqlite_sched;
@@ -27,6 +30,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use artifacts::{ArtifactRow, ArtifactStore, RepairRow};
 pub use canonical::canonical_json;
 pub use events::{EventRow, EventStore};
 pub use executions::{
@@ -144,7 +148,7 @@ pub const IDEMPOTENCY_STALE_MS: i64 = 5 * 60 * 1000;
 
 #[async_trait]
 pub trait Store:
-    ExecutionStore + EventStore + ScheduleStore + WebhookStore + Send + Sync + 'static
+    ExecutionStore + EventStore + ScheduleStore + WebhookStore + ArtifactStore + Send + Sync + 'static
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

@@ -109,6 +109,15 @@ struct ServeArgs {
     /// Seconds between two probes of every device (§5.12).
     #[arg(long, env = "FLOWRUN_DEVICE_PROBE_SECONDS", default_value_t = 60)]
     device_probe_seconds: u64,
+    /// Public base URL of this server (`https://flowrun.example.com`): the origin of signed
+    /// screenshot URLs. Unset: the request's scheme and `Host`.
+    #[arg(long, env = "FLOWRUN_PUBLIC_URL", value_parser = flowrun_api::signing::parse_public_url)]
+    public_url: Option<String>,
+    /// Secret (≥ 32 bytes) that signs artifact URLs; every node serving one database must
+    /// use the same. Unset: a key generated once and kept in the database.
+    #[arg(long, env = "FLOWRUN_ARTIFACT_SIGNING_KEY", hide_env_values = true,
+          value_parser = flowrun_api::signing::SigningKey::from_secret)]
+    artifact_signing_key: Option<flowrun_api::signing::SigningKey>,
     #[command(flatten)]
     webhooks: WebhookArgs,
 }
@@ -270,6 +279,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             body_limit: args.body_limit,
             routine_limit: args.routine_limit,
             metrics,
+            public_url: args.public_url.clone(),
+            signing_key: match &args.artifact_signing_key {
+                Some(key) => key.clone(),
+                None => flowrun_api::signing::SigningKey::load(&*store)
+                    .await
+                    .context("loading the artifact signing key")?,
+            },
         },
     );
     match &args.api_key {

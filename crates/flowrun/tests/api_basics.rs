@@ -74,7 +74,22 @@ async fn healthz_and_openapi_need_no_key() {
         ("/webhooks/{webhookId}/deliveries/{deliveryId}", &["get"]),
         ("/webhooks/integrations", &["get"]),
         ("/webhooks/integrations/{capabilityId}/targets", &["get"]),
+        (
+            "/executions/{executionId}/screenshots/{screenshotId}",
+            &["get"],
+        ),
+        ("/artifacts/{token}", &["get"]),
     ];
+    // The signed artifact route needs no bearer key.
+    assert_eq!(
+        paths["/artifacts/{token}"]["get"]["security"],
+        json!([{}]),
+        "artifact route security"
+    );
+    assert!(
+        paths["/executions/{executionId}/screenshots/{screenshotId}"]["get"]["responses"]["302"]
+            .is_object()
+    );
     for (path, methods) in expected {
         let ops = paths
             .get(*path)

@@ -10,6 +10,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::adb::fake_adb;
 use common::{Resp, Server, assert_keys};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -432,30 +433,6 @@ fn enc(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// A stand-in `adb` for the device provider: logs its arguments to `adb.log` next to it;
-/// `get-state` answers `device`; with a file `slow` next to it every other call writes its pid
-/// to `slow.pid` and sleeps 30 s, with `gone` it fails with "device not found", with `fail` it
-/// exits 1, else it succeeds.
-fn fake_adb() -> (tempfile::TempDir, std::path::PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("adb");
-    std::fs::write(
-        &path,
-        "#!/bin/sh\n\
-         d=\"$(dirname \"$0\")\"\n\
-         echo \"$@\" >> \"$d/adb.log\"\n\
-         case \"$*\" in *get-state*) echo device; exit 0;; esac\n\
-         if [ -f \"$d/slow\" ]; then echo $$ > \"$d/slow.pid\"; exec sleep 30; fi\n\
-         if [ -f \"$d/gone\" ]; then echo \"error: device 'x' not found\" >&2; exit 1; fi\n\
-         if [ -f \"$d/fail\" ]; then echo \"error: closed\" >&2; exit 1; fi\n\
-         exit 0\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    (dir, path)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 
 use axum::extract::{Path, State};
 use axum::response::Response;
+use flowrun_core::execution::Repair;
 use flowrun_core::flowtree::{self, ActionRef, TreeRules};
 use flowrun_core::model::{DeliveryConfig, DeliveryRecording, Flow, FlowRecord, RecordingPolicy};
 use flowrun_core::validate::{Field, Obj, Req, parse_uuid};
@@ -766,15 +767,41 @@ async fn unblock_flow(
 /// Self-healing repair records of a flow.
 #[utoipa::path(get, path = "/flows/{flowId}/repairs", tag = "flows",
     params(("flowId" = String, Path)),
-    responses((status = 200, body = inline(Object)), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = DataOf<Vec<Repair>>), (status = 404, body = ErrorBody)))]
 async fn list_repairs(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
 ) -> ApiResult<Response> {
-    live_flow(&app.registry.read(), &caller, &raw)?;
-    // No repair is ever opened in this version (no executions fail yet).
-    Ok(ok(json!({ "data": [] })))
+    let flow_id = live_flow(&app.registry.read(), &caller, &raw)?.flow.id;
+    let rows = app.store.list_repairs(&caller.owner_id, flow_id).await?;
+    let repairs: Vec<Repair> = rows.into_iter().map(repair_view).collect();
+    Ok(data(repairs))
+}
+
+fn repair_view(r: flowrun_store::RepairRow) -> Repair {
+    let ts = |ms: Option<i64>| ms.and_then(Ts::from_millis);
+    Repair {
+        id: r.id,
+        flow_id: r.flow_id,
+        episode: r.episode,
+        attempt: r.attempt,
+        max_attempts: r.max_attempts,
+        status: r.status,
+        source_execution_id: r.source_execution_id,
+        failed_step_index: r.failed_step_index,
+        original_slug: r.original_slug,
+        candidate_slug: r.candidate_slug,
+        device_id: r.device_id,
+        agent_run_id: r.agent_run_id,
+        chat_session_id: r.chat_session_id,
+        verdict: r.verdict.and_then(|v| serde_json::from_str(&v).ok()),
+        error: r.error,
+        started_at: ts(r.started_at),
+        finished_at: ts(r.finished_at),
+        created_at: ts(Some(r.created_at)),
+        updated_at: ts(Some(r.updated_at)),
+    }
 }
 
 /// Recording and delivery capabilities of a flow.

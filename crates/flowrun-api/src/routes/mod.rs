@@ -2,6 +2,7 @@
 //! without `/v1` (the service mounts them at both places).
 
 pub mod actions;
+pub mod artifacts;
 pub mod catalog;
 pub mod common;
 pub mod devices;
@@ -35,4 +36,10 @@ pub fn api_router() -> OpenApiRouter<App> {
         .merge(events::router())
         .merge(timezones::router())
         .merge(webhooks::router())
+        .merge(artifacts::router())
+}
+
+/// Routes served without a key (their own token is the authority).
+pub fn public_router() -> OpenApiRouter<App> {
+    artifacts::public_router()
 }

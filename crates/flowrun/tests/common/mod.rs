@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod adb;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
