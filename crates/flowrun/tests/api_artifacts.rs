@@ -77,8 +77,14 @@ struct Kit {
 
 impl Kit {
     async fn start(args: &[&str]) -> Kit {
+        Self::start_env(args, &[]).await
+    }
+
+    async fn start_env(args: &[&str], env: &[(&str, &str)]) -> Kit {
         let (adb_dir, adb) = fake_adb();
-        let s = Server::start_env(args, &[("FLOWRUN_ADB", adb.to_str().unwrap())]).await;
+        let mut env = env.to_vec();
+        env.push(("FLOWRUN_ADB", adb.to_str().unwrap()));
+        let s = Server::start_env(args, &env).await;
         let r = s.get("/v1/action-catalog?pageSize=100").await;
         r.expect(200);
         let cat = r.body["items"]
@@ -143,11 +149,15 @@ impl Kit {
     }
 
     async fn device(&self, address: &str) -> String {
+        self.device_of("adb", address).await
+    }
+
+    async fn device_of(&self, provider: &str, address: &str) -> String {
         let r = self
             .s
             .post(
                 "/v1/devices",
-                json!({"name": address, "provider": "adb", "address": address}),
+                json!({"name": address, "provider": provider, "address": address}),
             )
             .await;
         r.expect(201);
@@ -632,6 +642,70 @@ async fn capture_screenshots_adds_one_after_every_device_step() {
         e["error"]
     );
     assert_eq!(e["screenshots"], json!([]));
+}
+
+#[tokio::test]
+async fn cloud_device_screenshots_are_stored_and_served_alike() {
+    const CLOUD_KEY: &str = "cloud-key-for-screenshots";
+    let cloud = common::cloud::Cloud::start(CLOUD_KEY).await;
+    let url = cloud.api_url();
+    let k = Kit::start_env(
+        &[],
+        &[
+            ("FLOWRUN_MOBILERUN_BASE_URL", url.as_str()),
+            ("FLOWRUN_MOBILERUN_API_KEY", CLOUD_KEY),
+        ],
+    )
+    .await;
+    let t = k.trigger().await;
+    let d = k.device_of("mobilerun", "cloud-phone").await;
+    let tap = k
+        .action("devices.tap", "Tap", json!({"x": 1, "y": 2}))
+        .await;
+    let shot = k.action("devices.screenshot", "Shot", json!({})).await;
+    let f = k
+        .flow(
+            json!({"name": "Cloud shots", "triggerId": t, "deviceIds": [d],
+                     "actions": [node(&tap, 0, "tap"), node(&shot, 1, "shot")]}),
+        )
+        .await;
+    let id = k.run(&f, json!({"captureScreenshots": true})).await;
+    let e = k.done(&id).await;
+    assert_eq!(e["status"], "success", "{e}");
+    let shots = e["screenshots"].as_array().unwrap();
+    let coords: Vec<(i64, i64)> = shots
+        .iter()
+        .map(|s| (s["seq"].as_i64().unwrap(), s["stepIndex"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(coords, [(0, 0), (1, 1), (2, 1)], "{e}");
+    // The bytes served are the cloud's screenshot, exactly.
+    let want = reqwest::Client::new()
+        .get(format!("{url}/devices/cloud-phone/screenshot"))
+        .bearer_auth(CLOUD_KEY)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    assert!(want.starts_with(b"\x89PNG"));
+    for s in shots {
+        let (status, ct, cc, bytes) = k.fetch_screenshot(&id, str_of(&s["id"])).await;
+        assert_eq!(
+            (status, ct.as_str(), cc.as_str()),
+            (200, "image/png", "private, max-age=300")
+        );
+        assert_eq!(bytes, want);
+    }
+    let screenshot_calls = cloud
+        .requests()
+        .await
+        .into_iter()
+        .filter(|r| r["path"] == "/v1/devices/cloud-phone/screenshot")
+        .count();
+    // Two captures and the step, plus the test's own call.
+    assert_eq!(screenshot_calls, 4);
 }
 
 #[tokio::test]
