@@ -115,9 +115,9 @@ struct ServeArgs {
     public_url: Option<String>,
     /// Secret (≥ 32 bytes) that signs artifact URLs; every node serving one database must
     /// use the same. Unset: a key generated once and kept in the database.
-    #[arg(long, env = "FLOWRUN_ARTIFACT_SIGNING_KEY", hide_env_values = true,
-          value_parser = flowrun_api::signing::SigningKey::from_secret)]
-    artifact_signing_key: Option<flowrun_api::signing::SigningKey>,
+    /// Checked after parsing, so a refused secret is never echoed in the error.
+    #[arg(long, env = "FLOWRUN_ARTIFACT_SIGNING_KEY", hide_env_values = true)]
+    artifact_signing_key: Option<String>,
     #[command(flatten)]
     webhooks: WebhookArgs,
 }
@@ -281,7 +281,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             metrics,
             public_url: args.public_url.clone(),
             signing_key: match &args.artifact_signing_key {
-                Some(key) => key.clone(),
+                Some(secret) => flowrun_api::signing::SigningKey::from_secret(secret)
+                    .map_err(|e| anyhow::anyhow!("--artifact-signing-key: {e}"))?,
                 None => flowrun_api::signing::SigningKey::load(&*store)
                     .await
                     .context("loading the artifact signing key")?,
