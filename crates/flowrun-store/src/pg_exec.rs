@@ -11,6 +11,7 @@ use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use crate::executions::*;
+use crate::pg_notify::{ABORT, QUEUE, notify};
 use crate::postgres::{PgStore, write_doc};
 use crate::sqlite_exec::call_state;
 use crate::{DocWrite, Result, StoreError};
@@ -162,7 +163,11 @@ impl ExecutionStore for PgStore {
             qb.build().execute(&mut *tx).await?;
         }
         for w in docs {
-            write_doc(&mut tx, w, now).await?;
+            write_doc(&mut tx, w, now, &self.origin).await?;
+        }
+        if rows.iter().any(|r| r.status == "pending") {
+            // One wake-up per transaction, whatever the number of rows.
+            notify(&mut tx, QUEUE, "").await?;
         }
         tx.commit().await?;
         Ok(())
@@ -292,6 +297,10 @@ impl ExecutionStore for PgStore {
             let row = read_for_update(&mut tx, owner_id, id).await?;
             tx.rollback().await?;
             return Ok(row.map_or(AbortOutcome::NotFound, AbortOutcome::Terminal));
+        }
+        if row.status == "running" {
+            // The node holding the lease cancels the in-flight step when this commits.
+            notify(&mut tx, ABORT, &id.to_string()).await?;
         }
         tx.commit().await?;
         Ok(AbortOutcome::Cancelled(ExecutionRow {
@@ -430,6 +439,24 @@ impl ExecutionStore for PgStore {
         .rows_affected())
     }
 
+    async fn lost_leases(&self, lease_owner: &str, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let held: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM executions WHERE id = ANY($1) AND status = 'running' AND lease_owner = $2",
+        )
+        .bind(id_strings(ids))
+        .bind(lease_owner)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(ids
+            .iter()
+            .filter(|id| !held.contains(&id.to_string()))
+            .copied()
+            .collect())
+    }
+
     async fn reap_executions(
         &self,
         now_ms: i64,
@@ -498,6 +525,9 @@ impl ExecutionStore for PgStore {
                     out.requeued.push(row.id);
                 }
             }
+        }
+        if !out.requeued.is_empty() {
+            notify(&mut tx, QUEUE, "").await?;
         }
         tx.commit().await?;
         Ok(out)
