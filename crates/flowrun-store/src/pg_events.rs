@@ -4,9 +4,9 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgRow, Postgres};
 use sqlx::{QueryBuilder, Row, Transaction};
 
-use crate::{Result, StoreError};
 use crate::events::{EventRow, EventStore};
 use crate::postgres::PgStore;
+use crate::{Result, StoreError};
 
 const COLS: &str =
     "seq, id, owner_id, event_type, device_id, payload, received_at, actor_id, routed_at";

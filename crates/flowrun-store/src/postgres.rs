@@ -131,11 +131,12 @@ impl Store for PgStore {
     }
 
     async fn load_doc(&self, kind: DocKind, id: &str) -> Result<Option<Doc>> {
-        let row = sqlx::query("SELECT id, owner_id, doc FROM definitions WHERE kind = $1 AND id = $2")
-            .bind(kind.as_str())
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, owner_id, doc FROM definitions WHERE kind = $1 AND id = $2")
+                .bind(kind.as_str())
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
         Ok(row.map(|r| Doc {
             id: r.get(0),
             owner_id: r.get(1),

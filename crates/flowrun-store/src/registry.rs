@@ -171,7 +171,9 @@ impl Registry {
         };
         let mut defs = self.defs.write().unwrap_or_else(|e| e.into_inner());
         match (kind, doc) {
-            (DocKind::Trigger, Some(d)) => defs.put_trigger(serde_json::from_str(&d.json).map_err(parse_err)?),
+            (DocKind::Trigger, Some(d)) => {
+                defs.put_trigger(serde_json::from_str(&d.json).map_err(parse_err)?)
+            }
             (DocKind::Trigger, None) => defs.delete_trigger(uuid),
             (DocKind::Action, Some(d)) => {
                 let a: Action = serde_json::from_str(&d.json).map_err(parse_err)?;
@@ -180,7 +182,9 @@ impl Registry {
             (DocKind::Action, None) => {
                 defs.actions.remove(&uuid);
             }
-            (DocKind::Flow, Some(d)) => defs.put_flow(serde_json::from_str(&d.json).map_err(parse_err)?),
+            (DocKind::Flow, Some(d)) => {
+                defs.put_flow(serde_json::from_str(&d.json).map_err(parse_err)?)
+            }
             // Flows are archived, never deleted.
             (DocKind::Flow, None) => {}
             (DocKind::Device, Some(d)) => {
