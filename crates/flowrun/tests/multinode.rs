@@ -288,7 +288,7 @@ async fn two_nodes_one_killed_mid_load_every_run_ends_and_nothing_runs_twice() {
             let chunk: Vec<_> = (0..size)
                 .map(|i| {
                     // After the kill only B takes requests.
-                    let node = if half == 0 && (n + i) % 2 == 0 {
+                    let node = if half == 0 && (n + i).is_multiple_of(2) {
                         &a
                     } else {
                         &b
