@@ -461,8 +461,13 @@ impl ExecutionStore for PgStore {
 
     async fn apply_exec_updates(&self, updates: &[ExecUpdate]) -> Result<Vec<bool>> {
         let mut tx = self.writer.begin().await?;
-        let mut applied = Vec::with_capacity(updates.len());
-        for u in updates {
+        // Rows are locked in id order (a stable sort keeps a row's own writes in order), as
+        // in lease renewal, so concurrent batches and renewals cannot deadlock.
+        let mut order: Vec<usize> = (0..updates.len()).collect();
+        order.sort_by_key(|&i| updates[i].id);
+        let mut applied = vec![false; updates.len()];
+        for i in order {
+            let u = &updates[i];
             let n = match u.status.as_deref().filter(|s| is_terminal(s)) {
                 Some(status) => sqlx::query(
                     "UPDATE executions SET status = $1, error = $2, finished_at = $3, state = $4, \
@@ -490,7 +495,7 @@ impl ExecutionStore for PgStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            applied.push(n == 1);
+            applied[i] = n == 1;
         }
         tx.commit().await?;
         Ok(applied)
@@ -506,9 +511,12 @@ impl ExecutionStore for PgStore {
             return Ok(0);
         }
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        // Locks in id order, like the write batches (see apply_exec_updates).
         Ok(sqlx::query(
-            "UPDATE executions SET lease_expires_at = $1 WHERE lease_owner = $2 AND status = 'running' \
-             AND id = ANY($3)",
+            "UPDATE executions SET lease_expires_at = $1 WHERE id IN ( \
+               SELECT id FROM executions WHERE lease_owner = $2 AND status = 'running' \
+               AND id = ANY($3) ORDER BY id FOR UPDATE) \
+             AND lease_owner = $2 AND status = 'running'",
         )
         .bind(lease_expires_at)
         .bind(lease_owner)
