@@ -10,6 +10,8 @@
 //!   steps, periodically), off every request and step path.
 //! - [`webhooks`]: outbound webhook deliveries (retries, endpoint health) and flow
 //!   notifications.
+//! - `signals`: with several nodes on one database, other nodes' commits heard through the
+//!   store (definition reloads, wake-ups, aborts) and the lease watch.
 //!
 //! The store is the authority for every status; the engine's in-memory maps (running rows,
 //! their cancellation tokens, busy devices) only speed up signalling on this node.
