@@ -583,6 +583,9 @@ pub trait WebhookService: Send + Sync + fmt::Debug + 'static {
         webhook_id: Uuid,
         actor_id: Option<&str>,
     ) -> Result<Option<TestResult>, String>;
+
+    /// Another node queued a delivery: look at the queue now rather than at the next poll.
+    fn deliveries_due(&self) {}
 }
 
 #[cfg(test)]

@@ -12,9 +12,11 @@
 //! - `e2e`: fire → a flow of three `webhooks.send` steps → a local sink (`e2e.rs`).
 //! - `schedules`: fire lateness and idle CPU with many schedule triggers (`schedules.rs`).
 //! - `memory`: resident memory idle and with many flows defined (`memory.rs`).
+//! - `nodes`: runs/s with one and more nodes on one PostgreSQL database (`nodes.rs`).
 
 mod e2e;
 mod memory;
+mod nodes;
 mod schedules;
 
 use std::io::{BufRead, BufReader};
@@ -88,6 +90,17 @@ enum Scenario {
     Memory {
         #[arg(long, default_value_t = 100_000)]
         flows: usize,
+    },
+    /// Runs/s of 3-step flows with 1, 2, … nodes on one PostgreSQL (`--database-url` = admin URL).
+    Nodes {
+        /// Node counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        nodes: Vec<usize>,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Seconds of firing per node count.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
     },
 }
 
@@ -390,6 +403,23 @@ async fn abort(t: Arc<Target>, runs: usize) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Scenario::Nodes {
+        nodes,
+        clients,
+        seconds,
+    } = &cli.scenario
+    {
+        // Launches its own nodes, on a fresh database per node count.
+        println!("machine: {}", describe_machine());
+        return nodes::run(
+            cli.database_url.as_deref(),
+            nodes,
+            *clients,
+            *seconds,
+            &cli.serve_arg,
+        )
+        .await;
+    }
     let (base, key, server) = match &cli.url {
         Some(u) => (u.trim_end_matches('/').to_string(), cli.key.clone(), None),
         None => {
@@ -418,6 +448,7 @@ async fn main() -> Result<()> {
             window,
         } => schedules::run(t.clone(), schedules, fires, window).await?,
         Scenario::Memory { flows } => memory::run(t.clone(), flows).await?,
+        Scenario::Nodes { .. } => unreachable!("handled above"),
     }
     Ok(())
 }

@@ -62,3 +62,25 @@ fn memory_scenario_reports_rss() {
     assert!(out.contains("idle RSS"), "{out}");
     assert!(out.contains("RSS with 50 flows"), "{out}");
 }
+
+#[test]
+fn nodes_scenario_reports_runs_per_node_count_on_postgres() {
+    let Ok(admin) = std::env::var("FLOWRUN_TEST_DATABASE_URL") else {
+        eprintln!("the nodes scenario needs FLOWRUN_TEST_DATABASE_URL (PostgreSQL); skipped");
+        return;
+    };
+    let out = bench(&[
+        "--database-url",
+        &admin,
+        "nodes",
+        "--nodes",
+        "1,2",
+        "--clients",
+        "4",
+        "--seconds",
+        "0.5",
+    ]);
+    assert!(out.contains("nodes=1: "), "{out}");
+    assert!(out.contains("nodes=2: "), "{out}");
+    assert!(out.contains("runs/s"), "{out}");
+}

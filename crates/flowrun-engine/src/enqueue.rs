@@ -175,8 +175,16 @@ pub(crate) async fn run_enqueuer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Enq
                 Err(_) => break,
             }
         }
-        let requests = std::mem::take(&mut batch);
-        commit_batch(&shared, requests).await;
+        // Routed events commit apart from API fires: when another node routed the same
+        // events first, only the router's transaction rolls back.
+        let (routing, fires): (Vec<_>, Vec<_>) = std::mem::take(&mut batch)
+            .into_iter()
+            .partition(|r| !r.routed_events.is_empty());
+        for requests in [fires, routing] {
+            if !requests.is_empty() {
+                commit_batch(&shared, requests).await;
+            }
+        }
     }
 }
 

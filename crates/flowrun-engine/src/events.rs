@@ -102,6 +102,14 @@ pub(crate) async fn run_router(shared: Arc<Shared>, firings: mpsc::Sender<Enqueu
         if shared.shutdown.is_cancelled() {
             return;
         }
+        if !shared.config.exclusive_store && !holds_routing_lease(&shared).await {
+            tokio::select! {
+                _ = shared.route_wake.notified() => {}
+                _ = tokio::time::sleep(shared.config.poll_interval) => {}
+                _ = shared.shutdown.cancelled() => return,
+            }
+            continue;
+        }
         let batch = match shared.store.unrouted_events(1024).await {
             Ok(b) => b,
             Err(e) => {
@@ -130,6 +138,26 @@ pub(crate) async fn run_router(shared: Arc<Shared>, firings: mpsc::Sender<Enqueu
         if let Err(e) = crate::submit_group(&firings, group, ids).await {
             tracing::error!(error = %e, "routing events failed; retrying");
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// With several nodes, one routes at a time (arrival order holds across nodes); the holder
+/// renews the lease every round, and another node takes over once a stopped holder's lease
+/// expires. Should two ever overlap, the routed marks are checked at commit: the second
+/// transaction finds the events routed and rolls back.
+async fn holds_routing_lease(shared: &Shared) -> bool {
+    const ROUTING_LEASE_MS: i64 = 2_000;
+    let now = Ts::now().millis();
+    match shared
+        .store
+        .take_routing_lease(&shared.node_id, now, now + ROUTING_LEASE_MS)
+        .await
+    {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(error = %e, "taking the routing lease failed");
+            false
         }
     }
 }

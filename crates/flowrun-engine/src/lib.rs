@@ -10,6 +10,8 @@
 //!   steps, periodically), off every request and step path.
 //! - [`webhooks`]: outbound webhook deliveries (retries, endpoint health) and flow
 //!   notifications.
+//! - `signals`: with several nodes on one database, other nodes' commits heard through the
+//!   store (definition reloads, wake-ups, aborts) and the lease watch.
 //!
 //! The store is the authority for every status; the engine's in-memory maps (running rows,
 //! their cancellation tokens, busy devices) only speed up signalling on this node.
@@ -20,6 +22,7 @@ pub mod events;
 pub mod health;
 mod probes;
 pub mod scheduler;
+mod signals;
 pub mod snapshot;
 mod telemetry;
 pub mod view;
@@ -219,6 +222,18 @@ impl Engine {
         tokio::spawn(worker::run_heartbeat(shared.clone()));
         tokio::spawn(probes::run_prober(shared.clone(), probe_requests));
         let schedules = scheduler::start(&shared, firings.clone()).await?;
+        if let Some(signals) = shared.store.listen().await? {
+            // Changes committed between loading the definitions and listening were not heard.
+            signals::resync(&shared, &schedules).await;
+            tokio::spawn(signals::run_signals(
+                shared.clone(),
+                schedules.clone(),
+                signals,
+            ));
+        }
+        if !shared.config.exclusive_store {
+            tokio::spawn(signals::run_lease_watch(shared.clone()));
+        }
         Ok(Arc::new(Engine {
             shared,
             firings,

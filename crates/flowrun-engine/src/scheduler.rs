@@ -62,6 +62,13 @@ pub(crate) struct Scheduler {
     wake: Notify,
 }
 
+impl Scheduler {
+    /// Makes the loop re-read the earliest due time (a schedule changed elsewhere).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
 impl Engine {
     /// Call after a trigger was created (`before: None`) or updated (its definition applied,
     /// with the registry lock still held): when its schedule — rule, zone or activation —

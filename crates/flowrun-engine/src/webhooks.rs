@@ -142,6 +142,27 @@ pub fn remember_endpoint(owner_id: &str, id: Uuid) {
         .insert(id, owner_id.to_string());
 }
 
+/// Brings one endpoint's entry up to date from the store (another node created or deleted it).
+pub async fn refresh_endpoint(store: &dyn Store, id: Uuid) -> Result<(), StoreError> {
+    match store.get_endpoint(id).await? {
+        Some(e) if !e.is_deleted() => remember_endpoint(&e.owner_id, e.id),
+        _ => forget_endpoint(id),
+    }
+    Ok(())
+}
+
+/// Re-reads the whole index (notifications may have been missed).
+pub async fn refresh_all_endpoints(store: &dyn Store) -> Result<(), StoreError> {
+    for e in store.list_endpoints(None, true).await? {
+        if e.is_deleted() {
+            forget_endpoint(e.id);
+        } else {
+            remember_endpoint(&e.owner_id, e.id);
+        }
+    }
+    Ok(())
+}
+
 /// Removes a deleted endpoint from the index.
 pub fn forget_endpoint(id: Uuid) {
     ENDPOINTS
@@ -538,6 +559,10 @@ async fn run_worker(hooks: Arc<Webhooks>) {
 
 #[async_trait]
 impl WebhookService for Webhooks {
+    fn deliveries_due(&self) {
+        self.wake.notify_one();
+    }
+
     async fn send_step(&self, call: &StepCall<'_>) -> Result<StepOutput, StepFailure> {
         let raw = call
             .params

@@ -59,11 +59,21 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut rx: mpsc::UnboundedRecei
                 Err(_) => break,
             }
         }
-        let applied = match shared.store.apply_exec_updates(&updates).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "execution write failed");
-                vec![false; updates.len()]
+        // A failed batch changed nothing (one transaction); a transient failure is retried so
+        // that runs do not stop and wait for their lease to expire.
+        let mut attempt = 0;
+        let applied = loop {
+            match shared.store.apply_exec_updates(&updates).await {
+                Ok(a) => break a,
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "execution write failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "execution write failed");
+                    break vec![false; updates.len()];
+                }
             }
         };
         updates.clear();

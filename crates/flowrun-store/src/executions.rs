@@ -247,6 +247,14 @@ pub trait ExecutionStore: Send + Sync {
         lease_expires_at: i64,
     ) -> Result<u64>;
 
+    /// The ids among `ids` that `lease_owner` no longer holds (aborted, finished or reaped by
+    /// another node), so their runs stop. A store only this process uses has every change
+    /// signalled in-process and answers none.
+    async fn lost_leases(&self, lease_owner: &str, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        let _ = (lease_owner, ids);
+        Ok(Vec::new())
+    }
+
     /// Reclaims `running` rows whose lease expired before `now_ms` — or, with
     /// `all_of_other_owners`, every `running` row not held by `keep_owner` (start-up of a
     /// single-node SQLite server, whose previous process is gone). A row whose `attempt + 1`

@@ -13,6 +13,7 @@ pub mod executions;
 mod pg_artifacts;
 mod pg_events;
 mod pg_exec;
+mod pg_notify;
 mod pg_sched;
 mod pg_webhooks;
 mod postgres;
@@ -58,6 +59,31 @@ pub enum StoreError {
     },
     #[error("unsupported database URL '{0}' (expected sqlite:… or postgres://…)")]
     UnsupportedUrl(String),
+    /// Another node changed the rows first (e.g. routed the same events); nothing was written.
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+/// A change committed by another node, heard through the store (PostgreSQL `LISTEN`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Signal {
+    /// A definition document was written or deleted: reload it.
+    Definition { kind: DocKind, id: String },
+    /// A webhook endpoint was created or deleted.
+    Endpoint { id: String },
+    /// New `pending` executions.
+    Executions,
+    /// Events stored, waiting to be routed.
+    Events,
+    /// This execution was aborted: cancel its run if it is held here.
+    Abort(uuid::Uuid),
+    /// A webhook delivery was queued.
+    Deliveries,
+    /// A schedule changed.
+    Schedules,
+    /// The listening connection was re-established: notifications may have been missed, so
+    /// reload every definition and look at every queue.
+    Resync,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -168,6 +194,14 @@ pub trait Store:
     async fn init_setting(&self, name: &str, value: &str) -> Result<String>;
 
     async fn load_docs(&self, kind: DocKind) -> Result<Vec<Doc>>;
+    /// One document, `None` when it does not exist (any more).
+    async fn load_doc(&self, kind: DocKind, id: &str) -> Result<Option<Doc>>;
+
+    /// Signals of changes other nodes commit; `None` when the store is this process's alone
+    /// (SQLite), where every change happens in-process.
+    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Signal>>> {
+        Ok(None)
+    }
     /// Applies every write in one transaction.
     async fn write_docs(&self, writes: &[DocWrite]) -> Result<()>;
 

@@ -4,9 +4,9 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgRow, Postgres};
 use sqlx::{QueryBuilder, Row, Transaction};
 
-use crate::Result;
 use crate::events::{EventRow, EventStore};
 use crate::postgres::PgStore;
+use crate::{Result, StoreError};
 
 const COLS: &str =
     "seq, id, owner_id, event_type, device_id, payload, received_at, actor_id, routed_at";
@@ -25,7 +25,10 @@ fn event_from_row(r: &PgRow) -> EventRow {
     }
 }
 
-/// Marks events routed inside the caller's transaction.
+/// Marks events routed inside the caller's transaction. Every one must still be unrouted:
+/// when another node routed some of them first (its transaction held their rows; this
+/// statement waited and then found them marked), the caller's transaction must roll back,
+/// or their executions would exist twice.
 pub(crate) async fn mark_routed(
     tx: &mut Transaction<'_, Postgres>,
     ids: &[String],
@@ -42,7 +45,14 @@ pub(crate) async fn mark_routed(
         sep.push_bind(id);
     }
     qb.push(")");
-    qb.build().execute(&mut **tx).await?;
+    let marked = qb.build().execute(&mut **tx).await?.rows_affected();
+    if marked != ids.len() as u64 {
+        return Err(StoreError::Conflict(format!(
+            "{} of {} events were routed by another node",
+            ids.len() as u64 - marked,
+            ids.len()
+        )));
+    }
     Ok(())
 }
 
@@ -66,6 +76,9 @@ impl EventStore for PgStore {
             });
             qb.build().execute(&mut *tx).await?;
         }
+        if !events.is_empty() {
+            crate::pg_notify::notify(&mut tx, crate::pg_notify::EVENTS, "").await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -78,6 +91,21 @@ impl EventStore for PgStore {
         .fetch_all(&self.writer)
         .await?;
         Ok(rows.iter().map(event_from_row).collect())
+    }
+
+    async fn take_routing_lease(&self, holder: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+        let held: Option<String> = sqlx::query_scalar(
+            "INSERT INTO routing_lease (name, holder, expires_at) VALUES ('events', $1, $2) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE routing_lease.holder = excluded.holder OR routing_lease.expires_at < $3 \
+             RETURNING holder",
+        )
+        .bind(holder)
+        .bind(until_ms)
+        .bind(now_ms)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(held.is_some())
     }
 
     async fn count_unrouted_events(&self) -> Result<i64> {

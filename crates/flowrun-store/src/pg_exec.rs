@@ -11,9 +11,10 @@ use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use crate::executions::*;
+use crate::pg_notify::{ABORT, QUEUE, notify};
 use crate::postgres::{PgStore, write_doc};
 use crate::sqlite_exec::call_state;
-use crate::{DocWrite, Result, StoreError};
+use crate::{DocKind, DocWrite, Result, StoreError};
 
 /// Every column of [`ExecutionRow`], in the order [`exec_from_row`] reads them.
 const COLS: &str = "id, owner_id, flow_id, trigger_id, kind, status, device_id, invocation_id, \
@@ -118,6 +119,75 @@ async fn read_for_update(
     row.as_ref().map(exec_from_row).transpose()
 }
 
+/// The flow document an enqueue writes: the stored document (locked until commit) with only
+/// the enqueue's runtime fields applied — `flow.lastTriggeredAt` (the later one) and the
+/// cooldown windows (the later end per scope). Another node may have edited the flow, or
+/// opened windows, since this node's copy was loaded; neither is overwritten.
+async fn merge_flow_runtime(conn: &mut PgConnection, id: &str, ours: &str) -> Result<String> {
+    let stored: Option<String> = sqlx::query_scalar(
+        "SELECT doc FROM definitions WHERE kind = 'flow' AND id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(stored) = stored else {
+        return Ok(ours.to_string());
+    };
+    let corrupt = |source| StoreError::Corrupt {
+        kind: "flow".to_string(),
+        id: id.to_string(),
+        source,
+    };
+    let mut doc: serde_json::Value = serde_json::from_str(&stored).map_err(corrupt)?;
+    let ours: serde_json::Value = serde_json::from_str(ours).map_err(corrupt)?;
+    let at = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.timestamp_millis())
+    };
+    let our_last = &ours["flow"]["lastTriggeredAt"];
+    if at(our_last) > at(&doc["flow"]["lastTriggeredAt"])
+        && let Some(flow) = doc.get_mut("flow").and_then(|f| f.as_object_mut())
+    {
+        flow.insert("lastTriggeredAt".to_string(), our_last.clone());
+    }
+    let later = |a: &serde_json::Value, b: &serde_json::Value| match (a.as_i64(), b.as_i64()) {
+        (Some(x), Some(y)) => serde_json::Value::from(x.max(y)),
+        (Some(_), None) => a.clone(),
+        _ => b.clone(),
+    };
+    let mut gates = doc
+        .get("gates")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    if let Some(g) = gates.as_object_mut() {
+        let ours_gates = &ours["gates"];
+        let until = later(
+            g.get("cooldownUntil").unwrap_or(&serde_json::Value::Null),
+            &ours_gates["cooldownUntil"],
+        );
+        g.insert("cooldownUntil".to_string(), until);
+        let mut devices = g
+            .get("deviceCooldownUntil")
+            .and_then(|d| d.as_object().cloned())
+            .unwrap_or_default();
+        if let Some(theirs) = ours_gates["deviceCooldownUntil"].as_object() {
+            for (device, end) in theirs {
+                let merged = later(devices.get(device).unwrap_or(&serde_json::Value::Null), end);
+                devices.insert(device.clone(), merged);
+            }
+        }
+        g.insert(
+            "deviceCooldownUntil".to_string(),
+            serde_json::Value::Object(devices),
+        );
+    }
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("gates".to_string(), gates);
+    }
+    Ok(doc.to_string())
+}
+
 #[async_trait]
 impl ExecutionStore for PgStore {
     async fn insert_executions_routed(
@@ -162,7 +232,21 @@ impl ExecutionStore for PgStore {
             qb.build().execute(&mut *tx).await?;
         }
         for w in docs {
-            write_doc(&mut tx, w, now).await?;
+            match (w.kind, &w.json) {
+                (DocKind::Flow, Some(json)) => {
+                    let merged = merge_flow_runtime(&mut tx, &w.id, json).await?;
+                    let w = DocWrite {
+                        json: Some(merged),
+                        ..w.clone()
+                    };
+                    write_doc(&mut tx, &w, now, &self.origin).await?;
+                }
+                _ => write_doc(&mut tx, w, now, &self.origin).await?,
+            }
+        }
+        if rows.iter().any(|r| r.status == "pending") {
+            // One wake-up per transaction, whatever the number of rows.
+            notify(&mut tx, QUEUE, "").await?;
         }
         tx.commit().await?;
         Ok(())
@@ -293,6 +377,10 @@ impl ExecutionStore for PgStore {
             tx.rollback().await?;
             return Ok(row.map_or(AbortOutcome::NotFound, AbortOutcome::Terminal));
         }
+        if row.status == "running" {
+            // The node holding the lease cancels the in-flight step when this commits.
+            notify(&mut tx, ABORT, &id.to_string()).await?;
+        }
         tx.commit().await?;
         Ok(AbortOutcome::Cancelled(ExecutionRow {
             status: "cancelled".to_string(),
@@ -373,8 +461,13 @@ impl ExecutionStore for PgStore {
 
     async fn apply_exec_updates(&self, updates: &[ExecUpdate]) -> Result<Vec<bool>> {
         let mut tx = self.writer.begin().await?;
-        let mut applied = Vec::with_capacity(updates.len());
-        for u in updates {
+        // Rows are locked in id order (a stable sort keeps a row's own writes in order), as
+        // in lease renewal, so concurrent batches and renewals cannot deadlock.
+        let mut order: Vec<usize> = (0..updates.len()).collect();
+        order.sort_by_key(|&i| updates[i].id);
+        let mut applied = vec![false; updates.len()];
+        for i in order {
+            let u = &updates[i];
             let n = match u.status.as_deref().filter(|s| is_terminal(s)) {
                 Some(status) => sqlx::query(
                     "UPDATE executions SET status = $1, error = $2, finished_at = $3, state = $4, \
@@ -402,7 +495,7 @@ impl ExecutionStore for PgStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            applied.push(n == 1);
+            applied[i] = n == 1;
         }
         tx.commit().await?;
         Ok(applied)
@@ -418,9 +511,12 @@ impl ExecutionStore for PgStore {
             return Ok(0);
         }
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        // Locks in id order, like the write batches (see apply_exec_updates).
         Ok(sqlx::query(
-            "UPDATE executions SET lease_expires_at = $1 WHERE lease_owner = $2 AND status = 'running' \
-             AND id = ANY($3)",
+            "UPDATE executions SET lease_expires_at = $1 WHERE id IN ( \
+               SELECT id FROM executions WHERE lease_owner = $2 AND status = 'running' \
+               AND id = ANY($3) ORDER BY id FOR UPDATE) \
+             AND lease_owner = $2 AND status = 'running'",
         )
         .bind(lease_expires_at)
         .bind(lease_owner)
@@ -428,6 +524,24 @@ impl ExecutionStore for PgStore {
         .execute(&self.writer)
         .await?
         .rows_affected())
+    }
+
+    async fn lost_leases(&self, lease_owner: &str, ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let held: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM executions WHERE id = ANY($1) AND status = 'running' AND lease_owner = $2",
+        )
+        .bind(id_strings(ids))
+        .bind(lease_owner)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(ids
+            .iter()
+            .filter(|id| !held.contains(&id.to_string()))
+            .copied()
+            .collect())
     }
 
     async fn reap_executions(
@@ -498,6 +612,9 @@ impl ExecutionStore for PgStore {
                     out.requeued.push(row.id);
                 }
             }
+        }
+        if !out.requeued.is_empty() {
+            notify(&mut tx, QUEUE, "").await?;
         }
         tx.commit().await?;
         Ok(out)

@@ -74,6 +74,9 @@ impl ScheduleStore for PgStore {
                 written.push(r.trigger_id);
             }
         }
+        if !written.is_empty() {
+            crate::pg_notify::notify(&mut tx, crate::pg_notify::SCHEDULES, "").await?;
+        }
         tx.commit().await?;
         Ok(written)
     }
@@ -82,13 +85,14 @@ impl ScheduleStore for PgStore {
         if trigger_ids.is_empty() {
             return Ok(0);
         }
-        Ok(
-            sqlx::query("DELETE FROM schedules WHERE trigger_id = ANY($1)")
-                .bind(id_strings(trigger_ids))
-                .execute(&self.writer)
-                .await?
-                .rows_affected(),
+        Ok(sqlx::query(
+            "WITH gone AS (DELETE FROM schedules WHERE trigger_id = ANY($1) RETURNING 1) \
+                 SELECT COUNT(*) FROM gone, LATERAL (SELECT pg_notify('flowrun_schedules', '')) n",
         )
+        .bind(id_strings(trigger_ids))
+        .fetch_one(&self.writer)
+        .await?
+        .get::<i64, _>(0) as u64)
     }
 
     async fn get_schedule(&self, trigger_id: Uuid) -> Result<Option<ScheduleRow>> {

@@ -160,7 +160,7 @@ impl WebhookStore for PgStore {
         .bind(e.failing_since)
         .execute(&self.writer)
         .await?;
-        Ok(())
+        self.endpoint_changed(e.id).await
     }
 
     async fn get_endpoint(&self, id: Uuid) -> Result<Option<EndpointRow>> {
@@ -287,6 +287,8 @@ impl WebhookStore for PgStore {
         .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
+        let payload = crate::pg_notify::def_payload(&self.origin, "endpoint", &id.to_string());
+        crate::pg_notify::notify(&mut tx, crate::pg_notify::DEFS, &payload).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -317,6 +319,10 @@ impl WebhookStore for PgStore {
         .bind(&d.lease_owner)
         .execute(&self.writer)
         .await?;
+        if d.status == "pending" {
+            let mut conn = self.writer.acquire().await?;
+            crate::pg_notify::notify(&mut conn, crate::pg_notify::DELIVERIES, "").await?;
+        }
         Ok(())
     }
 
@@ -494,5 +500,14 @@ impl WebhookStore for PgStore {
             }
         }
         Ok(out)
+    }
+}
+
+impl PgStore {
+    /// Tells the other nodes that an endpoint appeared or went (their endpoint index).
+    async fn endpoint_changed(&self, id: Uuid) -> Result<()> {
+        let payload = crate::pg_notify::def_payload(&self.origin, "endpoint", &id.to_string());
+        let mut conn = self.writer.acquire().await?;
+        crate::pg_notify::notify(&mut conn, crate::pg_notify::DEFS, &payload).await
     }
 }

@@ -9,12 +9,14 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 
 use crate::{
     ApiKeyRecord, Doc, DocKind, DocWrite, IDEMPOTENCY_STALE_MS, IDEMPOTENCY_TTL_MS, IdemBegin,
-    IdemScope, Result, Store, StoredResponse, decide_existing,
+    IdemScope, Result, Signal, Store, StoredResponse, decide_existing,
 };
 
 pub struct PgStore {
     pub(crate) writer: PgPool,
     pub(crate) reader: PgPool,
+    /// Names this process in definition notifications, so it skips its own.
+    pub(crate) origin: String,
 }
 
 impl PgStore {
@@ -28,6 +30,7 @@ impl PgStore {
         Ok(Self {
             writer: pool.clone(),
             reader: pool,
+            origin: uuid::Uuid::new_v4().simple().to_string(),
         })
     }
 }
@@ -127,11 +130,31 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn load_doc(&self, kind: DocKind, id: &str) -> Result<Option<Doc>> {
+        let row =
+            sqlx::query("SELECT id, owner_id, doc FROM definitions WHERE kind = $1 AND id = $2")
+                .bind(kind.as_str())
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(row.map(|r| Doc {
+            id: r.get(0),
+            owner_id: r.get(1),
+            json: r.get(2),
+        }))
+    }
+
+    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Signal>>> {
+        Ok(Some(
+            crate::pg_notify::listen(&self.writer, self.origin.clone()).await?,
+        ))
+    }
+
     async fn write_docs(&self, writes: &[DocWrite]) -> Result<()> {
         let now = chrono::Utc::now().timestamp_millis();
         let mut tx = self.writer.begin().await?;
         for w in writes {
-            write_doc(&mut tx, w, now).await?;
+            write_doc(&mut tx, w, now, &self.origin).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -224,7 +247,13 @@ impl Store for PgStore {
 
 /// One definition write inside the caller's transaction (shared by `write_docs` and
 /// `insert_executions`).
-pub(crate) async fn write_doc(conn: &mut PgConnection, w: &DocWrite, now: i64) -> Result<()> {
+/// Other nodes hear of it when the transaction commits.
+pub(crate) async fn write_doc(
+    conn: &mut PgConnection,
+    w: &DocWrite,
+    now: i64,
+    origin: &str,
+) -> Result<()> {
     match &w.json {
         Some(json) => {
             sqlx::query(
@@ -247,5 +276,6 @@ pub(crate) async fn write_doc(conn: &mut PgConnection, w: &DocWrite, now: i64) -
                 .await?;
         }
     }
-    Ok(())
+    let payload = crate::pg_notify::def_payload(origin, w.kind.as_str(), &w.id);
+    crate::pg_notify::notify(conn, crate::pg_notify::DEFS, &payload).await
 }

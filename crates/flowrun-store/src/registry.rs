@@ -4,6 +4,11 @@
 //! serialised by one async lock so that "check references, then write" is atomic: a flow
 //! cannot be created against a trigger that is being deleted, and capacity checks hold.
 //! A write reaches the cache only after the store committed it.
+//!
+//! With several nodes on one database, each node's writes are announced (PostgreSQL
+//! `NOTIFY`) and the other nodes [`reload`](Registry::reload) the named document from the
+//! store, or [`reload_all`](Registry::reload_all) after a missed notification. The write lock
+//! is per node: see `docs/ARCHITECTURE.md` for what that does and does not guarantee.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -143,27 +148,62 @@ pub struct Registry {
 impl Registry {
     /// Loads every definition from the store.
     pub async fn load(store: Arc<dyn Store>) -> Result<Self> {
-        let mut defs = Defs {
-            triggers: HashMap::new(),
-            actions: load_kind(&*store, DocKind::Action, |a: &Action| a.id).await?,
-            flows: HashMap::new(),
-            devices: load_kind(&*store, DocKind::Device, |d: &Device| d.id).await?,
-            flows_by_trigger: HashMap::new(),
-            triggers_by_event_type: HashMap::new(),
-        };
-        let triggers = load_kind(&*store, DocKind::Trigger, |t: &Trigger| t.id).await?;
-        for (_, t) in triggers {
-            defs.put_trigger(Arc::unwrap_or_clone(t));
-        }
-        let flows = load_kind(&*store, DocKind::Flow, |f: &FlowRecord| f.flow.id).await?;
-        for (_, f) in flows {
-            defs.put_flow(Arc::unwrap_or_clone(f));
-        }
+        let defs = load_defs(&*store).await?;
         Ok(Self {
             store,
             defs: RwLock::new(defs),
             writes: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Re-reads one document another node wrote (or deleted) into memory. Serialised with
+    /// this node's writes, so a reload never puts back an older copy over a newer local one.
+    pub async fn reload(&self, kind: DocKind, id: &str) -> Result<()> {
+        let _guard = self.writes.lock().await;
+        let Ok(uuid) = Uuid::parse_str(id) else {
+            return Ok(());
+        };
+        let doc = self.store.load_doc(kind, id).await?;
+        let parse_err = |source| StoreError::Corrupt {
+            kind: kind.as_str().to_string(),
+            id: id.to_string(),
+            source,
+        };
+        let mut defs = self.defs.write().unwrap_or_else(|e| e.into_inner());
+        match (kind, doc) {
+            (DocKind::Trigger, Some(d)) => {
+                defs.put_trigger(serde_json::from_str(&d.json).map_err(parse_err)?)
+            }
+            (DocKind::Trigger, None) => defs.delete_trigger(uuid),
+            (DocKind::Action, Some(d)) => {
+                let a: Action = serde_json::from_str(&d.json).map_err(parse_err)?;
+                defs.actions.insert(a.id, Arc::new(a));
+            }
+            (DocKind::Action, None) => {
+                defs.actions.remove(&uuid);
+            }
+            (DocKind::Flow, Some(d)) => {
+                defs.put_flow(serde_json::from_str(&d.json).map_err(parse_err)?)
+            }
+            // Flows are archived, never deleted.
+            (DocKind::Flow, None) => {}
+            (DocKind::Device, Some(d)) => {
+                let dev: Device = serde_json::from_str(&d.json).map_err(parse_err)?;
+                defs.devices.insert(dev.id, Arc::new(dev));
+            }
+            (DocKind::Device, None) => {
+                defs.devices.remove(&uuid);
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads every document (notifications may have been missed).
+    pub async fn reload_all(&self) -> Result<()> {
+        let _guard = self.writes.lock().await;
+        let defs = load_defs(&*self.store).await?;
+        *self.defs.write().unwrap_or_else(|e| e.into_inner()) = defs;
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -235,6 +275,27 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// Every definition in the store.
+async fn load_defs(store: &dyn Store) -> Result<Defs> {
+    let mut defs = Defs {
+        triggers: HashMap::new(),
+        actions: load_kind(store, DocKind::Action, |a: &Action| a.id).await?,
+        flows: HashMap::new(),
+        devices: load_kind(store, DocKind::Device, |d: &Device| d.id).await?,
+        flows_by_trigger: HashMap::new(),
+        triggers_by_event_type: HashMap::new(),
+    };
+    let triggers = load_kind(store, DocKind::Trigger, |t: &Trigger| t.id).await?;
+    for (_, t) in triggers {
+        defs.put_trigger(Arc::unwrap_or_clone(t));
+    }
+    let flows = load_kind(store, DocKind::Flow, |f: &FlowRecord| f.flow.id).await?;
+    for (_, f) in flows {
+        defs.put_flow(Arc::unwrap_or_clone(f));
+    }
+    Ok(defs)
 }
 
 fn put<T: Serialize>(kind: DocKind, id: Uuid, owner: &str, v: &T) -> Result<DocWrite> {

@@ -143,6 +143,20 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    async fn load_doc(&self, kind: DocKind, id: &str) -> Result<Option<Doc>> {
+        let row =
+            sqlx::query("SELECT id, owner_id, doc FROM definitions WHERE kind = ? AND id = ?")
+                .bind(kind.as_str())
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(row.map(|r| Doc {
+            id: r.get(0),
+            owner_id: r.get(1),
+            json: r.get(2),
+        }))
+    }
+
     async fn write_docs(&self, writes: &[DocWrite]) -> Result<()> {
         let now = chrono::Utc::now().timestamp_millis();
         let mut tx = self.writer.begin().await?;

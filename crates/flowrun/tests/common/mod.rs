@@ -250,6 +250,26 @@ impl Server {
         Self::launch(dir, database_url, other_key, extra_args, extra_env).await
     }
 
+    /// Starts another node on this server's database (PostgreSQL), with its own arguments;
+    /// the database stays this server's.
+    pub async fn join(&self, extra: &[&str]) -> Server {
+        let mut node = Self::launch(
+            tempfile::tempdir().unwrap(),
+            self.database_url.clone(),
+            self.other_key.clone(),
+            extra.iter().map(|a| a.to_string()).collect(),
+            Vec::new(),
+        )
+        .await;
+        node.owns_database = false;
+        node
+    }
+
+    /// Whether the tests run on PostgreSQL (`FLOWRUN_TEST_DATABASE_URL` set).
+    pub fn on_postgres() -> bool {
+        std::env::var("FLOWRUN_TEST_DATABASE_URL").is_ok_and(|u| !u.is_empty())
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
