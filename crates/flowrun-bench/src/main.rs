@@ -59,6 +59,13 @@ enum Scenario {
         /// Measured seconds (after one second of warm-up).
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// Send a fresh `Idempotency-Key` with every event, as the SDK does.
+        #[arg(long)]
+        idempotency_key: bool,
+        /// Define an event trigger on the ingested type (its condition never passes), so every
+        /// event is also read back and evaluated by the router.
+        #[arg(long)]
+        with_trigger: bool,
     },
     /// Abort latency of a running step.
     Abort {
@@ -108,7 +115,7 @@ struct Target {
     base: String,
     key: String,
     http: reqwest::Client,
-    _server: Option<ServerProcess>,
+    server: Option<ServerProcess>,
 }
 
 struct ServerProcess {
@@ -126,7 +133,7 @@ impl Drop for ServerProcess {
 impl Target {
     /// The launched server's process id (None with `--url`).
     fn server_pid(&self) -> Option<u32> {
-        self._server.as_ref().map(|s| s.child.id())
+        self.server.as_ref().map(|s| s.child.id())
     }
 
     async fn call(
@@ -226,6 +233,57 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("VmRSS")
 }
 
+/// CPU time and context switches of a launched server, read from `/proc` (Linux): the
+/// load-independent cost figures, unlike wall-clock throughput on a shared machine.
+#[derive(Clone, Copy, Default)]
+struct ProcCost {
+    cpu_ms: f64,
+    voluntary_switches: u64,
+    involuntary_switches: u64,
+}
+
+impl ProcCost {
+    fn read(pid: u32) -> Option<ProcCost> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let mut cost = ProcCost {
+            cpu_ms: ticks * 1000.0 / hz,
+            ..ProcCost::default()
+        };
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+        {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            for line in status.lines() {
+                let num = |l: &str| {
+                    l.split(':')
+                        .nth(1)
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                if line.starts_with("voluntary_ctxt_switches") {
+                    cost.voluntary_switches += num(line);
+                } else if line.starts_with("nonvoluntary_ctxt_switches") {
+                    cost.involuntary_switches += num(line);
+                }
+            }
+        }
+        Some(cost)
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Percentiles of latencies in microseconds.
 fn summary(mut us: Vec<u64>) -> String {
     if us.is_empty() {
@@ -267,10 +325,32 @@ fn describe_machine() -> String {
     )
 }
 
-async fn ingest(t: Arc<Target>, clients: usize, seconds: f64) -> Result<()> {
+async fn ingest(
+    t: Arc<Target>,
+    clients: usize,
+    seconds: f64,
+    idempotency: bool,
+    with_trigger: bool,
+) -> Result<()> {
+    if with_trigger {
+        t.post(
+            "/triggers",
+            json!({"name": "bench ingest", "activation": "event", "eventType": "bench.ingest",
+                   "conditions": {"field": "client", "op": "eq", "value": -1}}),
+        )
+        .await?;
+    }
     let warmup = Duration::from_secs(1);
     let measured = Duration::from_secs_f64(seconds);
     let start = Instant::now();
+    let server_pid = t.server_pid();
+    let cost_sampler = tokio::spawn(async move {
+        tokio::time::sleep(warmup).await;
+        let before = server_pid.and_then(ProcCost::read);
+        tokio::time::sleep(measured).await;
+        let after = server_pid.and_then(ProcCost::read);
+        before.zip(after)
+    });
     let mut tasks = Vec::new();
     for c in 0..clients {
         let t = t.clone();
@@ -285,13 +365,11 @@ async fn ingest(t: Arc<Target>, clients: usize, seconds: f64) -> Result<()> {
                     break;
                 }
                 let body = json!({"eventType": "bench.ingest", "payload": {"client": c, "i": i}});
-                let r = t
-                    .http
-                    .post(&url)
-                    .bearer_auth(&t.key)
-                    .json(&body)
-                    .send()
-                    .await;
+                let mut req = t.http.post(&url).bearer_auth(&t.key).json(&body);
+                if idempotency {
+                    req = req.header("idempotency-key", format!("bench-{c}-{i}"));
+                }
+                let r = req.send().await;
                 match r {
                     Ok(resp) if resp.status().as_u16() == 202 => {
                         let _ = resp.bytes().await;
@@ -311,10 +389,34 @@ async fn ingest(t: Arc<Target>, clients: usize, seconds: f64) -> Result<()> {
     for task in tasks {
         all.extend(task.await??);
     }
-    let rate = all.len() as f64 / measured.as_secs_f64();
-    println!("scenario ingest: {clients} clients, {seconds} s measured");
+    let cost = cost_sampler.await?;
+    let events = all.len();
+    let rate = events as f64 / measured.as_secs_f64();
+    println!(
+        "scenario ingest: {clients} clients, {seconds} s measured{}{}",
+        if idempotency {
+            ", Idempotency-Key on every request"
+        } else {
+            ""
+        },
+        if with_trigger {
+            ", an event trigger on the type (every event routed)"
+        } else {
+            ""
+        }
+    );
+    println!("  load average at the end: {}", load_average());
     println!("  accepted: {rate:.0} events/s");
     println!("  accept latency: {}", summary(all));
+    if let Some((before, after)) = cost {
+        let n = events.max(1) as f64;
+        println!(
+            "  server cost per event: {:.1} µs CPU, {:.2} voluntary + {:.2} involuntary context switches",
+            (after.cpu_ms - before.cpu_ms) * 1000.0 / n,
+            (after.voluntary_switches - before.voluntary_switches) as f64 / n,
+            (after.involuntary_switches - before.involuntary_switches) as f64 / n,
+        );
+    }
     Ok(())
 }
 
@@ -435,11 +537,16 @@ async fn main() -> Result<()> {
         base,
         key,
         http,
-        _server: server,
+        server,
     });
     println!("machine: {}", describe_machine());
     match cli.scenario {
-        Scenario::Ingest { clients, seconds } => ingest(t.clone(), clients, seconds).await?,
+        Scenario::Ingest {
+            clients,
+            seconds,
+            idempotency_key,
+            with_trigger,
+        } => ingest(t.clone(), clients, seconds, idempotency_key, with_trigger).await?,
         Scenario::Abort { runs } => abort(t.clone(), runs).await?,
         Scenario::E2e { clients, seconds } => e2e::run(t.clone(), &clients, seconds).await?,
         Scenario::Schedules {

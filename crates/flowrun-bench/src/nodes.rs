@@ -131,7 +131,7 @@ pub async fn run(
                 base,
                 key: "bench-key".to_string(),
                 http: http.clone(),
-                _server: Some(process),
+                server: Some(process),
             }));
         }
         let (trigger, flow) = provision(&nodes[0]).await?;
