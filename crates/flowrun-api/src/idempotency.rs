@@ -62,6 +62,11 @@ fn is_fire(method: &Method, route: &str) -> bool {
     method == Method::POST && segs.len() == 3 && segs[0] == "triggers" && segs[2] == "fire"
 }
 
+/// `POST /events/ingest`, whose key record joins the event's group commit.
+fn is_ingest(method: &Method, route: &str) -> bool {
+    method == Method::POST && route == "/events/ingest"
+}
+
 fn fingerprint(body: &[u8], query: Option<&str>) -> String {
     let canonical = if body.iter().all(|b| b.is_ascii_whitespace()) {
         "{}".to_string()
@@ -124,6 +129,16 @@ pub async fn idempotency(State(app): State<App>, req: Request, next: Next) -> Re
         route: route.clone(),
         key,
     };
+    if is_ingest(&method, &scope.route) {
+        // The key record is written with the event, in its group commit.
+        let mut req = Request::from_parts(parts, Body::from(bytes));
+        req.extensions_mut().insert(flowrun_engine::IngestKey {
+            scope,
+            fingerprint: fp,
+            reply: crate::routes::events::ingest_reply,
+        });
+        return next.run(req).await;
+    }
     let now = chrono::Utc::now().timestamp_millis();
     let begin = match app.store.idem_begin(&scope, &fp, now).await {
         Ok(b) => b,
@@ -132,20 +147,8 @@ pub async fn idempotency(State(app): State<App>, req: Request, next: Next) -> Re
     let fire = is_fire(&method, &route);
     let req = Request::from_parts(parts, Body::from(bytes));
     match begin {
-        IdemBegin::Mismatch => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_key_reused",
-            "Idempotency-Key was already used with a different request",
-        )
-        .into_response(),
-        IdemBegin::InProgress if !fire => {
-            let mut e = ApiError::conflict(
-                "idempotency_request_in_progress",
-                "A request with this Idempotency-Key is still being processed",
-            );
-            e.retry_after = Some(1);
-            e.into_response()
-        }
+        IdemBegin::Mismatch => key_reused(),
+        IdemBegin::InProgress if !fire => in_progress(),
         IdemBegin::Replay(stored) if is_webhook_create(&method, &route) => {
             crate::routes::webhooks::replay_create(&app, &scope.owner_id, &stored).await
         }
@@ -157,6 +160,33 @@ pub async fn idempotency(State(app): State<App>, req: Request, next: Next) -> Re
         // fire: the fingerprint matched; the handler dedupes per flow.
         _ => next.run(req).await,
     }
+}
+
+/// The reply to a request whose key is already recorded (no handler ran).
+pub(crate) fn answer_taken(begin: IdemBegin) -> Response {
+    match begin {
+        IdemBegin::Mismatch => key_reused(),
+        IdemBegin::Replay(stored) => replay(stored),
+        _ => in_progress(),
+    }
+}
+
+fn key_reused() -> Response {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        "Idempotency-Key was already used with a different request",
+    )
+    .into_response()
+}
+
+fn in_progress() -> Response {
+    let mut e = ApiError::conflict(
+        "idempotency_request_in_progress",
+        "A request with this Idempotency-Key is still being processed",
+    );
+    e.retry_after = Some(1);
+    e.into_response()
 }
 
 async fn finish(app: &App, scope: &IdemScope, resp: Response, fire: bool) -> Response {

@@ -3,6 +3,9 @@
 //! - Ingest: requests queue their events to one writer task that stores whatever is queued in
 //!   one transaction (group commit), then answers every request of the batch. A 202 is only
 //!   sent once the event is on disk, and throughput does not collapse to one fsync per event.
+//!   An `Idempotency-Key` record is written in the same transaction. An event for which the
+//!   owner has no event trigger of its type is stored already routed: it causes nothing, and
+//!   the router does not have to read it back.
 //! - Routing: one task reads unrouted events in arrival order, matches the owner's event
 //!   triggers by exact `eventType` (an index, not a scan), evaluates their conditions and hands
 //!   the firings to the enqueuer together with the event ids, which are marked routed in the
@@ -12,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowrun_core::{Ts, appevents, conditions, new_id};
-use flowrun_store::EventRow;
+use flowrun_store::{EventKey, EventRow, IdemBegin, IdemScope, KeyedEvents, StoredResponse};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -30,7 +33,25 @@ pub struct NewEvent {
     pub payload: Map<String, Value>,
 }
 
-pub(crate) type IngestRequest = (Vec<EventRow>, oneshot::Sender<Result<(), EngineError>>);
+/// The `Idempotency-Key` of an ingest request (§1.9), recorded with the event.
+#[derive(Clone, Debug)]
+pub struct IngestKey {
+    pub scope: IdemScope,
+    pub fingerprint: String,
+    /// The reply stored for replays, built from the new event's id.
+    pub reply: fn(&str) -> StoredResponse,
+}
+
+/// What became of an ingested event.
+#[derive(Debug)]
+pub enum Ingested {
+    /// Stored durably under this id.
+    Stored(String),
+    /// Not stored: the request's key was already recorded (replay, reuse or in progress).
+    KeyTaken(IdemBegin),
+}
+
+pub(crate) type IngestRequest = (KeyedEvents, oneshot::Sender<Result<IdemBegin, EngineError>>);
 
 /// The stored rows of an event: itself, plus the WhatsApp event it may derive.
 pub(crate) fn rows_of(ev: NewEvent) -> (String, Vec<EventRow>) {
@@ -63,17 +84,45 @@ pub(crate) fn rows_of(ev: NewEvent) -> (String, Vec<EventRow>) {
     (id, rows)
 }
 
+/// The group-commit entry of one request: its rows, marked routed when the owner has no event
+/// trigger of their type, and its key record.
+pub(crate) fn keyed_events(
+    registry: &flowrun_store::Registry,
+    event: NewEvent,
+    key: Option<IngestKey>,
+) -> (String, KeyedEvents) {
+    let (id, mut rows) = rows_of(event);
+    {
+        let defs = registry.read();
+        for row in &mut rows {
+            if defs
+                .event_triggers(&row.owner_id, &row.event_type)
+                .next()
+                .is_none()
+            {
+                row.routed_at = Some(row.received_at);
+            }
+        }
+    }
+    let key = key.map(|k| EventKey {
+        response: (k.reply)(&id),
+        scope: k.scope,
+        fingerprint: k.fingerprint,
+    });
+    (id, KeyedEvents { rows, key })
+}
+
 /// Stores queued events in batches.
 pub(crate) async fn run_ingest_writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<IngestRequest>) {
-    let mut rows: Vec<EventRow> = Vec::new();
+    let mut batch: Vec<KeyedEvents> = Vec::new();
     let mut replies = Vec::new();
     while let Some((first, reply)) = rx.recv().await {
-        rows.extend(first);
+        batch.push(first);
         replies.push(reply);
-        while rows.len() < 4096 {
+        while batch.len() < 4096 {
             match rx.try_recv() {
                 Ok((more, reply)) => {
-                    rows.extend(more);
+                    batch.push(more);
                     replies.push(reply);
                 }
                 Err(_) => break,
@@ -81,18 +130,29 @@ pub(crate) async fn run_ingest_writer(shared: Arc<Shared>, mut rx: mpsc::Receive
         }
         let result = shared
             .store
-            .insert_events(&rows)
-            .await
-            .map_err(EngineError::from);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "storing events failed");
-        } else {
-            shared.route_wake.notify_one();
+            .insert_keyed_events(&batch, Ts::now().millis())
+            .await;
+        match result {
+            Ok(outcomes) => {
+                let to_route = batch.iter().zip(&outcomes).any(|(b, o)| {
+                    matches!(o, IdemBegin::New) && b.rows.iter().any(|r| r.routed_at.is_none())
+                });
+                if to_route {
+                    shared.route_wake.notify_one();
+                }
+                for (r, outcome) in replies.drain(..).zip(outcomes) {
+                    let _ = r.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                let e = EngineError::from(e);
+                tracing::error!(error = %e, "storing events failed");
+                for r in replies.drain(..) {
+                    let _ = r.send(Err(e.clone()));
+                }
+            }
         }
-        rows.clear();
-        for r in replies.drain(..) {
-            let _ = r.send(result.clone());
-        }
+        batch.clear();
     }
 }
 

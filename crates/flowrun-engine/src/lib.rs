@@ -35,13 +35,13 @@ use std::time::Duration;
 
 use flowrun_actions::StepExecutor;
 use flowrun_core::Ts;
-use flowrun_store::{AbortOutcome, ExecutionRow, Registry, Store, StoreError};
+use flowrun_store::{AbortOutcome, ExecutionRow, IdemBegin, Registry, Store, StoreError};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use enqueue::{EventInfo, Firing, FiringOutcome, GatesReport, Origin, gates_report};
-pub use events::NewEvent;
+pub use events::{IngestKey, Ingested, NewEvent};
 
 /// Engine settings (flags / `FLOWRUN_*` environment of `flowrun serve`).
 #[derive(Clone, Debug)]
@@ -248,18 +248,26 @@ impl Engine {
         Ok(out.pop().unwrap_or_default())
     }
 
-    /// Stores an event durably (with any event it derives) and returns its id; routing
-    /// happens afterwards, in arrival order.
-    pub async fn ingest(&self, event: NewEvent) -> Result<String, EngineError> {
-        let (id, rows) = events::rows_of(event);
+    /// Stores an event durably (with any event it derives) and, with a key, the key's record
+    /// in the same commit; routing happens afterwards, in arrival order.
+    pub async fn ingest(
+        &self,
+        event: NewEvent,
+        key: Option<IngestKey>,
+    ) -> Result<Ingested, EngineError> {
+        let (id, request) = events::keyed_events(&self.shared.registry, event, key);
         let (tx, rx) = oneshot::channel();
         self.ingest
-            .send((rows, tx))
+            .send((request, tx))
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
-        rx.await.map_err(|_| EngineError::ShuttingDown)??;
-        metrics::counter!("flowrun_events_ingested_total").increment(1);
-        Ok(id)
+        Ok(match rx.await.map_err(|_| EngineError::ShuttingDown)?? {
+            IdemBegin::New => {
+                metrics::counter!("flowrun_events_ingested_total").increment(1);
+                Ingested::Stored(id)
+            }
+            taken => Ingested::KeyTaken(taken),
+        })
     }
 
     /// Aborts a row (§5.8): the store decides; a run held by this node is signalled at once.

@@ -8,7 +8,7 @@
 
 use async_trait::async_trait;
 
-use crate::Result;
+use crate::{IdemScope, Result, StoredResponse};
 
 /// One stored event.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,9 +27,28 @@ pub struct EventRow {
     pub routed_at: Option<i64>,
 }
 
+/// An `Idempotency-Key` that rides with an ingested event (§1.9): its record is written,
+/// already done with the 2xx reply, in the transaction that stores the event, so a keyed
+/// ingest costs no extra commit.
+#[derive(Clone, Debug)]
+pub struct EventKey {
+    pub scope: IdemScope,
+    pub fingerprint: String,
+    /// The reply a retry with the same key replays.
+    pub response: StoredResponse,
+}
+
+/// One ingest request of a group commit: its rows (the event and any it derives) and its key.
+#[derive(Clone, Debug)]
+pub struct KeyedEvents {
+    pub rows: Vec<EventRow>,
+    pub key: Option<EventKey>,
+}
+
 #[async_trait]
 pub trait EventStore: Send + Sync {
-    /// Stores the events in one transaction, in slice order.
+    /// Stores the events in one transaction, in slice order (`routed_at` as given: set for
+    /// events the ingest found nothing to route).
     async fn insert_events(&self, events: &[EventRow]) -> Result<()>;
 
     /// Up to `limit` events not routed yet, in arrival order.

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 
 pub use artifacts::{ArtifactRow, ArtifactStore, RepairRow};
 pub use canonical::canonical_json;
-pub use events::{EventRow, EventStore};
+pub use events::{EventKey, EventRow, EventStore, KeyedEvents};
 pub use executions::{
     AbortOutcome, ExecFilter, ExecMetrics, ExecOrder, ExecOrderBy, ExecUpdate, ExecutionRow,
     ExecutionStore, ReapOutcome,
@@ -218,6 +218,51 @@ pub trait Store:
         response: Option<&StoredResponse>,
     ) -> Result<()>;
     async fn idem_release(&self, scope: &IdemScope) -> Result<()>;
+
+    /// The group commit of ingest: stores each request's events unless its key is already
+    /// recorded, recording the key with its reply. Returns per request `New` (stored) or
+    /// what the existing record says. This default claims keys one by one around
+    /// [`EventStore::insert_events`]; a backend may write them in the events' transaction.
+    async fn insert_keyed_events(
+        &self,
+        batch: &[KeyedEvents],
+        now_ms: i64,
+    ) -> Result<Vec<IdemBegin>> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut rows = Vec::new();
+        let mut claimed: Vec<&EventKey> = Vec::new();
+        for item in batch {
+            let outcome = match &item.key {
+                Some(k) => match self.idem_begin(&k.scope, &k.fingerprint, now_ms).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        for k in claimed {
+                            let _ = self.idem_release(&k.scope).await;
+                        }
+                        return Err(e);
+                    }
+                },
+                None => IdemBegin::New,
+            };
+            if matches!(outcome, IdemBegin::New) {
+                rows.extend(item.rows.iter().cloned());
+                claimed.extend(&item.key);
+            }
+            outcomes.push(outcome);
+        }
+        if let Err(e) = self.insert_events(&rows).await {
+            for k in claimed {
+                let _ = self.idem_release(&k.scope).await;
+            }
+            return Err(e);
+        }
+        for k in claimed {
+            if let Err(e) = self.idem_complete(&k.scope, Some(&k.response)).await {
+                tracing::error!(error = %e, "storing idempotent response");
+            }
+        }
+        Ok(outcomes)
+    }
 }
 
 /// Opens the store named by a database URL and applies its migrations.

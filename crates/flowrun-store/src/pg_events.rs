@@ -63,7 +63,7 @@ impl EventStore for PgStore {
         // 8 binds per row; PostgreSQL allows 65535 parameters per statement.
         for chunk in events.chunks(1000) {
             let mut qb = QueryBuilder::<Postgres>::new(
-                "INSERT INTO events (id, owner_id, event_type, device_id, payload, received_at, actor_id) ",
+                "INSERT INTO events (id, owner_id, event_type, device_id, payload, received_at, actor_id, routed_at) ",
             );
             qb.push_values(chunk, |mut b, e| {
                 b.push_bind(&e.id)
@@ -72,7 +72,8 @@ impl EventStore for PgStore {
                     .push_bind(&e.device_id)
                     .push_bind(&e.payload)
                     .push_bind(e.received_at)
-                    .push_bind(&e.actor_id);
+                    .push_bind(&e.actor_id)
+                    .push_bind(e.routed_at);
             });
             qb.build().execute(&mut *tx).await?;
         }

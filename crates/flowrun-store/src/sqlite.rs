@@ -15,7 +15,7 @@ use sqlx::sqlite::{
 
 use crate::{
     ApiKeyRecord, Doc, DocKind, DocWrite, IDEMPOTENCY_STALE_MS, IDEMPOTENCY_TTL_MS, IdemBegin,
-    IdemScope, Result, Store, StoredResponse, decide_existing,
+    IdemScope, KeyedEvents, Result, Store, StoredResponse, decide_existing,
 };
 
 pub struct SqliteStore {
@@ -236,6 +236,14 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    async fn insert_keyed_events(
+        &self,
+        batch: &[KeyedEvents],
+        now_ms: i64,
+    ) -> Result<Vec<IdemBegin>> {
+        crate::sqlite_events::insert_keyed_events(self, batch, now_ms).await
     }
 
     async fn idem_release(&self, s: &IdemScope) -> Result<()> {

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::Server;
+use reqwest::Method;
 use serde_json::{Value, json};
 
 async fn catalog_id(s: &Server, method: &str) -> String {
@@ -370,4 +371,68 @@ async fn ten_thousand_events_survive_a_crash_and_are_routed_exactly_once() {
         );
     }
     assert_eq!(routed, accepted);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_stores_and_routes_the_event_once() {
+    let s = Server::start().await;
+    let tap = action(&s, "devices.tap", json!({"x": 1, "y": 1})).await;
+    let t = event_trigger(&s, "keyed.tick", Value::Null).await;
+    flow(&s, &t, &tap, json!({})).await;
+    let body = json!({"eventType": "keyed.tick", "payload": {"n": 1}});
+    let h = [("Idempotency-Key", "ingest-retry-1")];
+    let first = s
+        .call_as(&s.key, Method::POST, "/v1/events/ingest", Some(&body), &h)
+        .await;
+    first.expect(202);
+    assert!(first.headers.get("idempotent-replayed").is_none());
+    // A retry replays the first reply byte for byte and stores nothing.
+    let again = s
+        .call_as(&s.key, Method::POST, "/events/ingest", Some(&body), &h)
+        .await;
+    again.expect(202);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.text, first.text);
+    let other = json!({"eventType": "keyed.tick", "payload": {"n": 2}});
+    s.call_as(&s.key, Method::POST, "/v1/events/ingest", Some(&other), &h)
+        .await
+        .expect_error(422, "idempotency_key_reused");
+    // A refused request does not take its key.
+    let bad = json!({"eventType": "has space"});
+    let h2 = [("Idempotency-Key", "ingest-retry-2")];
+    s.call_as(&s.key, Method::POST, "/v1/events/ingest", Some(&bad), &h2)
+        .await
+        .expect_error(422, "validation_failed");
+    // Concurrent requests with one key (one group commit or several): one event.
+    let s = std::sync::Arc::new(s);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let s = s.clone();
+        let other = other.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = s
+                .call_as(&s.key, Method::POST, "/v1/events/ingest", Some(&other), &h2)
+                .await;
+            r.expect(202);
+            r.body["eventId"].as_str().unwrap().to_string()
+        }));
+    }
+    let mut ids = HashSet::new();
+    for task in tasks {
+        ids.insert(task.await.unwrap());
+    }
+    assert_eq!(ids.len(), 1, "one event for one key: {ids:?}");
+    assert_eq!(wait_for_count(&s, &t, 2, Duration::from_secs(10)).await, 2);
+    let rows = executions_of(&s, &t).await;
+    assert_eq!(rows.len(), 2);
+    let routed: HashSet<String> = rows
+        .iter()
+        .map(|r| r["eventId"].as_str().unwrap().to_string())
+        .collect();
+    let expected: HashSet<String> = [
+        first.body["eventId"].as_str().unwrap().to_string(),
+        ids.into_iter().next().unwrap(),
+    ]
+    .into();
+    assert_eq!(routed, expected);
 }

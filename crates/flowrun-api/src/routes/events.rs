@@ -1,11 +1,14 @@
 //! Events (§3.7): durable ingest, and the app-event catalog.
 
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
 use flowrun_core::FieldErrors;
 use flowrun_core::appevents::{self, AppEventType};
 use flowrun_core::validate::{Field, Obj, Req};
+use flowrun_engine::Ingested;
+use flowrun_store::StoredResponse;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -86,24 +89,45 @@ pub(crate) fn read_event_body(body: &Value) -> Result<EventBody, FieldErrors> {
 async fn ingest_event(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
+    key: Option<Extension<flowrun_engine::IngestKey>>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Response> {
     let ev = read_event_body(&body).map_err(ApiError::validation)?;
-    let event_id = app
+    let ingested = app
         .engine
-        .ingest(flowrun_engine::NewEvent {
-            owner_id: caller.owner_id.clone(),
-            actor_id: Some(caller.actor_id.clone()),
-            event_type: ev.event_type,
-            device_id: ev.device_id,
-            payload: ev.payload,
-        })
+        .ingest(
+            flowrun_engine::NewEvent {
+                owner_id: caller.owner_id,
+                actor_id: Some(caller.actor_id),
+                event_type: ev.event_type,
+                device_id: ev.device_id,
+                payload: ev.payload,
+            },
+            key.map(|Extension(k)| k),
+        )
         .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(EventIngestResult { event_id }),
-    )
-        .into_response())
+    Ok(match ingested {
+        Ingested::Stored(event_id) => {
+            let reply = ingest_reply(&event_id);
+            let mut resp = Response::new(Body::from(reply.body));
+            *resp.status_mut() = StatusCode::ACCEPTED;
+            resp.headers_mut().insert(header::CONTENT_TYPE, crate::JSON);
+            resp
+        }
+        Ingested::KeyTaken(taken) => crate::idempotency::answer_taken(taken),
+    })
+}
+
+/// The 202 of an ingest, also stored as the replay of its `Idempotency-Key`.
+pub(crate) fn ingest_reply(event_id: &str) -> StoredResponse {
+    StoredResponse {
+        status: StatusCode::ACCEPTED.as_u16(),
+        body: serde_json::to_vec(&EventIngestResult {
+            event_id: event_id.to_string(),
+        })
+        .unwrap_or_default(),
+        location: None,
+    }
 }
 
 /// The device and app event types flowrun knows, with their payload fields.
