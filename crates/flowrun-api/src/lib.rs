@@ -104,7 +104,7 @@ impl App {
 #[derive(Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-/// Builds the complete service: every route under `/v1` and at the root.
+/// Every route under `/v1` and at the root, with per-route auth and idempotency.
 pub fn router(app: App) -> Router {
     let (api, mut doc) = routes::api_router().split_for_parts();
     let (public, public_doc) = routes::public_router().split_for_parts();
@@ -123,7 +123,6 @@ pub fn router(app: App) -> Router {
         .merge(routes::ops::router(doc))
         .merge(public)
         .merge(api);
-    let limit = app.config.body_limit;
     Router::new()
         .nest("/v1", inner.clone())
         .merge(inner)
@@ -131,9 +130,28 @@ pub fn router(app: App) -> Router {
             ApiError::route_not_found(req.uri().path()).into_response()
         })
         .with_state(app)
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::Extension(BodyLimit(limit)))
-        .layer(from_fn(map_framework_errors))
+}
+
+/// The complete service: the router inside the request-wide layers, outermost first:
+/// trailing-slash normalisation, request ids and tracing, error-body mapping, body limit.
+///
+/// The layers wrap the router once rather than each route (`Router::layer`), so a request
+/// does not clone a boxed copy of the whole stack for its route.
+pub fn service(
+    app: App,
+) -> impl tower::Service<
+    Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    let limit = app.config.body_limit;
+    let stack = tower::ServiceBuilder::new()
+        .map_response(IntoResponse::into_response)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req
                 .headers()
@@ -142,8 +160,11 @@ pub fn router(app: App) -> Router {
                 .unwrap_or("-");
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(from_fn(map_framework_errors))
+        .layer(axum::Extension(BodyLimit(limit)))
+        .layer(DefaultBodyLimit::max(limit))
+        .service(router(app));
+    NormalizePathLayer::trim_trailing_slash().layer(stack)
 }
 
 /// Gives framework-generated errors (405 with `Allow`, 413, 404 of nested routers) the spec's
@@ -178,10 +199,9 @@ async fn map_framework_errors(req: Request, next: Next) -> Response {
 
 /// Serves until SIGINT/SIGTERM, then drains in-flight requests.
 pub async fn serve(listener: tokio::net::TcpListener, app: App) -> std::io::Result<()> {
-    let service = NormalizePathLayer::trim_trailing_slash().layer(router(app));
     axum::serve(
         listener,
-        axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(service),
+        axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(service(app)),
     )
     .with_graceful_shutdown(shutdown_signal())
     .await

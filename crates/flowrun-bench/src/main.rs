@@ -347,9 +347,11 @@ async fn ingest(
     let cost_sampler = tokio::spawn(async move {
         tokio::time::sleep(warmup).await;
         let before = server_pid.and_then(ProcCost::read);
+        let own_before = ProcCost::read(std::process::id());
         tokio::time::sleep(measured).await;
         let after = server_pid.and_then(ProcCost::read);
-        before.zip(after)
+        let own_after = ProcCost::read(std::process::id());
+        (before.zip(after), own_before.zip(own_after))
     });
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -389,7 +391,7 @@ async fn ingest(
     for task in tasks {
         all.extend(task.await??);
     }
-    let cost = cost_sampler.await?;
+    let (cost, own_cost) = cost_sampler.await?;
     let events = all.len();
     let rate = events as f64 / measured.as_secs_f64();
     println!(
@@ -415,6 +417,12 @@ async fn ingest(
             (after.cpu_ms - before.cpu_ms) * 1000.0 / n,
             (after.voluntary_switches - before.voluntary_switches) as f64 / n,
             (after.involuntary_switches - before.involuntary_switches) as f64 / n,
+        );
+    }
+    if let Some((before, after)) = own_cost {
+        println!(
+            "  load tool's own cost per event: {:.1} µs CPU (it shares the machine)",
+            (after.cpu_ms - before.cpu_ms) * 1000.0 / events.max(1) as f64,
         );
     }
     Ok(())
