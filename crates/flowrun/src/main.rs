@@ -7,6 +7,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,6 +185,9 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: formatting them is a share of every request's
+        // span, and they are noise in files and journals.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
