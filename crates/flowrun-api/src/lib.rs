@@ -201,7 +201,9 @@ async fn map_framework_errors(req: Request, next: Next) -> Response {
 pub async fn serve(listener: tokio::net::TcpListener, app: App) -> std::io::Result<()> {
     axum::serve(
         listener,
-        axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(service(app)),
+        axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(service(
+            app,
+        )),
     )
     .with_graceful_shutdown(shutdown_signal())
     .await

@@ -69,11 +69,9 @@ pub(crate) fn rows_of(ev: NewEvent) -> (String, Vec<EventRow>) {
         actor_id: ev.actor_id.clone(),
         routed_at: None,
     };
-    let mut rows = vec![row(
-        id.clone(),
-        ev.event_type.clone(),
-        Value::Object(ev.payload.clone()).to_string(),
-    )];
+    // Serialised from the map itself: no copy of the payload.
+    let payload = serde_json::to_string(&ev.payload).unwrap_or_else(|_| "{}".to_string());
+    let mut rows = vec![row(id.clone(), ev.event_type.clone(), payload)];
     if let Some(p) = derived {
         rows.push(row(
             new_id().to_string(),
