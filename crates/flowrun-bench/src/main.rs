@@ -369,7 +369,10 @@ async fn ingest(
                 let body = json!({"eventType": "bench.ingest", "payload": {"client": c, "i": i}});
                 let mut req = t.http.post(&url).bearer_auth(&t.key).json(&body);
                 if idempotency {
-                    req = req.header("idempotency-key", format!("bench-{c}-{i}"));
+                    req = req.header(
+                        "idempotency-key",
+                        format!("bench-{}-{c}-{i}", std::process::id()),
+                    );
                 }
                 let r = req.send().await;
                 match r {
