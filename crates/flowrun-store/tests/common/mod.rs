@@ -25,7 +25,10 @@ where
     assert_eq!(store.backend(), "sqlite");
     test(store).await;
 
-    let Ok(url) = std::env::var("FLOWRUN_TEST_DATABASE_URL") else {
+    let Some(url) = std::env::var("FLOWRUN_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
         return;
     };
     let name = format!("flowrun_store_{}", Uuid::new_v4().simple());
