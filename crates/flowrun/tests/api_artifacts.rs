@@ -85,19 +85,7 @@ impl Kit {
         let mut env = env.to_vec();
         env.push(("FLOWRUN_ADB", adb.to_str().unwrap()));
         let s = Server::start_env(args, &env).await;
-        let r = s.get("/v1/action-catalog?pageSize=100").await;
-        r.expect(200);
-        let cat = r.body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["method"].as_str().unwrap().to_string(),
-                    e["id"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
+        let cat = s.catalog_ids().await;
         let bare = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))

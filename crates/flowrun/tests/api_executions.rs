@@ -98,19 +98,7 @@ impl Kit {
     }
 
     async fn with(s: Server) -> Kit {
-        let r = s.get("/v1/action-catalog?pageSize=100").await;
-        r.expect(200);
-        let cat = r.body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["method"].as_str().unwrap().to_string(),
-                    e["id"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
+        let cat = s.catalog_ids().await;
         Kit { s, cat }
     }
 

@@ -36,19 +36,7 @@ impl Kit {
         ];
         env.extend_from_slice(extra_env);
         let s = Server::start_env(&[], &env).await;
-        let r = s.get("/v1/action-catalog?pageSize=100").await;
-        r.expect(200);
-        let cat = r.body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["method"].as_str().unwrap().to_string(),
-                    e["id"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
+        let cat = s.catalog_ids().await;
         Kit { s, cloud, cat }
     }
 

@@ -315,6 +315,23 @@ impl Server {
         to_resp(resp).await
     }
 
+    /// Catalog entry ids by method (`flow.wait` → its id).
+    pub async fn catalog_ids(&self) -> HashMap<String, String> {
+        let r = self.get("/v1/action-catalog?pageSize=100").await;
+        r.expect(200);
+        r.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["method"].as_str().unwrap().to_string(),
+                    e["id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
     pub async fn get(&self, path: &str) -> Resp {
         self.call(Method::GET, path, None).await
     }
