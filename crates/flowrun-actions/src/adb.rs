@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flowrun_core::catalog;
 use serde_json::{Value, json};
@@ -207,15 +207,7 @@ impl Adb {
         params: &Value,
         cancel: &CancellationToken,
     ) -> Result<Option<StepOutput>, StepFailure> {
-        let wanted = params.get("text").and_then(Value::as_str).unwrap_or("");
-        let exact = params.get("exact").and_then(Value::as_bool) == Some(true);
-        let timeout = Duration::from_secs(
-            params
-                .get("timeoutSeconds")
-                .and_then(Value::as_u64)
-                .unwrap_or(30),
-        );
-        let start = Instant::now();
+        let wait = crate::text_wait::TextWait::new(params);
         loop {
             let args = vec![
                 "exec-out".to_string(),
@@ -227,18 +219,11 @@ impl Adb {
                 return Ok(None);
             };
             let dump = String::from_utf8_lossy(&out.stdout);
-            if ui_dump_contains(&dump, wanted, exact) {
-                return Ok(Some(StepOutput {
-                    body: json!({ "found": true, "elapsedMs": start.elapsed().as_millis() as i64 }),
-                    ..Default::default()
-                }));
+            if let Some(done) = wait.after_look(ui_dump_contains(&dump, wait.wanted, wait.exact)) {
+                return done;
             }
-            if start.elapsed() >= timeout {
-                return Err(StepFailure::new(FailureClass::Logic, "text_not_found"));
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = cancel.cancelled() => return Ok(None),
+            if !wait.pause(Duration::from_secs(1), cancel).await {
+                return Ok(None);
             }
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod adb;
 pub mod mobilerun;
+mod text_wait;
 pub mod webhook;
 
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 //! failed poll — a guard sends the task's cancel call from a detached task, so the call
 //! goes out even though the engine drops the step's future the moment abort fires.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -386,15 +386,7 @@ impl Mobilerun {
         params: &Value,
         cancel: &CancellationToken,
     ) -> Result<Option<StepOutput>, StepFailure> {
-        let wanted = params.get("text").and_then(Value::as_str).unwrap_or("");
-        let exact = params.get("exact").and_then(Value::as_bool) == Some(true);
-        let timeout = Duration::from_secs(
-            params
-                .get("timeoutSeconds")
-                .and_then(Value::as_u64)
-                .unwrap_or(30),
-        );
-        let start = Instant::now();
+        let wait = crate::text_wait::TextWait::new(params);
         let url = self.url(&["devices", address, "ui-state"]);
         loop {
             let Some(state) = self
@@ -403,18 +395,12 @@ impl Mobilerun {
             else {
                 return Ok(None);
             };
-            if ui_state_contains(&state, wanted, exact) {
-                return Ok(Some(StepOutput {
-                    body: json!({ "found": true, "elapsedMs": start.elapsed().as_millis() as i64 }),
-                    ..Default::default()
-                }));
+            if let Some(done) = wait.after_look(ui_state_contains(&state, wait.wanted, wait.exact))
+            {
+                return done;
             }
-            if start.elapsed() >= timeout {
-                return Err(StepFailure::new(FailureClass::Logic, "text_not_found"));
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.config.ui_poll_interval) => {}
-                _ = cancel.cancelled() => return Ok(None),
+            if !wait.pause(self.config.ui_poll_interval, cancel).await {
+                return Ok(None);
             }
         }
     }

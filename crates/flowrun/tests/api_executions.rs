@@ -2466,3 +2466,51 @@ async fn flow_if_bare_paths_resolve_under_the_event_payload() {
     assert_eq!(steps(&e)[0]["body"], json!({"result": true}), "{e}");
     assert_eq!(steps(&e)[0]["children"][0]["status"], "success");
 }
+
+/// `devices.wait_for_text` on an adb device reads the UI dump (§5.12): text on screen →
+/// success with `found: true`; absent until `timeoutSeconds` → failed, class `logic`.
+#[tokio::test]
+async fn wait_for_text_on_adb_reads_the_ui_dump() {
+    let (adb_dir, adb) = fake_adb();
+    std::fs::write(
+        adb_dir.path().join("ui.xml"),
+        r#"<hierarchy><node text="Welcome back" content-desc="" /></hierarchy>"#,
+    )
+    .unwrap();
+    let s = Server::start_env(&[], &[("FLOWRUN_ADB", adb.to_str().unwrap())]).await;
+    let k = Kit::with(s).await;
+    let t = k.trigger("Texts").await;
+    let d = k.device("ui-1").await;
+    let seen = k
+        .action(
+            "devices.wait_for_text",
+            "See welcome",
+            json!({"text": "welcome", "timeoutSeconds": 5}),
+        )
+        .await;
+    let missing = k
+        .action(
+            "devices.wait_for_text",
+            "See goodbye",
+            json!({"text": "Goodbye", "timeoutSeconds": 1}),
+        )
+        .await;
+    k.flow(json!({"name": "Texts", "triggerId": t, "deviceIds": [d],
+                  "actions": [node(&seen, 0, "seen"), node(&missing, 1, "missing")]}))
+        .await;
+    let r = k.fire(&t, json!({"payload": {}}), None).await;
+    r.expect(202);
+    let inv = str_of(&r.body["invocationId"]).to_string();
+    let rows = k.list(&format!("invocationId={inv}")).await;
+    assert_eq!(rows.len(), 1);
+    let e = k.done(str_of(&rows[0]["id"])).await;
+    assert_eq!(statuses(steps(&e)), ["success", "failed"], "{e}");
+    assert_eq!(steps(&e)[0]["body"]["found"], true);
+    assert_eq!(e["status"], "failed");
+    assert_eq!(e["error"], "missing: logic: text_not_found");
+    let log = std::fs::read_to_string(adb_dir.path().join("adb.log")).unwrap();
+    assert!(
+        log.contains("-s ui-1 exec-out uiautomator dump /dev/tty"),
+        "adb calls: {log}"
+    );
+}

@@ -4,8 +4,9 @@
 //! It appends its arguments to `adb.log` next to it; `get-state` answers `device`; with a file
 //! `slow` next to it every other call writes its pid to `slow.pid` and sleeps 30 s, with
 //! `gone` it fails with "device not found"; `exec-out screencap -p` writes the bytes of
-//! `screen.png` (initially [`PNG`]) to stdout and exits 1 when a file `noscreen` exists; any
-//! other call exits 1 with a file `fail`, else succeeds.
+//! `screen.png` (initially [`PNG`]) to stdout and exits 1 when a file `noscreen` exists;
+//! `exec-out uiautomator dump /dev/tty` writes `ui.xml` (an empty hierarchy until a test writes
+//! one); any other call exits 1 with a file `fail`, else succeeds.
 
 use std::path::PathBuf;
 
@@ -32,6 +33,7 @@ pub fn fake_adb() -> (tempfile::TempDir, PathBuf) {
          case \"$*\" in *\"exec-out screencap -p\"*)\n\
            if [ -f \"$d/noscreen\" ]; then echo \"error: screencap failed\" >&2; exit 1; fi\n\
            exec cat \"$d/screen.png\";;\n\
+         *\"exec-out uiautomator dump\"*) cat \"$d/ui.xml\" 2>/dev/null || echo '<hierarchy/>'; exit 0;;\n\
          esac\n\
          if [ -f \"$d/fail\" ]; then echo \"error: closed\" >&2; exit 1; fi\n\
          exit 0\n",
