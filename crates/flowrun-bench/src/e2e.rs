@@ -53,32 +53,23 @@ async fn start_sink(sink: Arc<Sink>) -> Result<String> {
 /// Provisions the endpoint, trigger, three steps and the flow; returns the trigger id.
 async fn provision(t: &Target, sink_url: &str) -> Result<String> {
     let send = t.catalog_id("webhooks.send").await?;
-    let hook = t.post("/webhooks", json!({"url": sink_url})).await?;
-    let hook = hook["data"]["id"]
-        .as_str()
-        .context("webhook id")?
-        .to_string();
+    let hook = t.create("/webhooks", json!({"url": sink_url})).await?;
     let trigger = t
-        .post(
+        .create(
             "/triggers",
             json!({"name": "bench e2e", "activation": "custom"}),
         )
         .await?;
-    let trigger = trigger["data"]["id"]
-        .as_str()
-        .context("trigger id")?
-        .to_string();
     let mut steps = Vec::new();
     for n in 1..=3 {
-        let action = t
-            .post(
+        let id = t
+            .create(
                 "/actions",
                 json!({"name": format!("hook {n}"), "catalogEntryId": send,
                        "params": {"webhookId": hook,
                                   "payload": {"seq": "{{event.payload.seq}}", "n": n}}}),
             )
             .await?;
-        let id = action["data"]["id"].as_str().context("action id")?;
         steps.push(json!({"actionId": id, "position": n - 1}));
     }
     t.post(

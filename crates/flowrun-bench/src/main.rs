@@ -162,6 +162,15 @@ impl Target {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// POSTs a new object; returns its `data.id`.
+    async fn create(&self, path: &str, body: Value) -> Result<String> {
+        let r = self.post(path, body).await?;
+        r["data"]["id"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("{path}: no data.id in the answer"))
+    }
+
     async fn get(&self, path: &str) -> Result<Value> {
         self.call(reqwest::Method::GET, path, None).await
     }
@@ -434,42 +443,29 @@ async fn ingest(
 async fn abort(t: Arc<Target>, runs: usize) -> Result<()> {
     let wait = t.catalog_id("flow.wait").await?;
     let trigger = t
-        .post(
+        .create(
             "/triggers",
             json!({"name": "bench abort", "activation": "custom"}),
         )
-        .await?["data"]["id"]
-        .as_str()
-        .context("trigger id")?
-        .to_string();
+        .await?;
     let action = t
-        .post(
+        .create(
             "/actions",
             json!({"name": "long wait", "catalogEntryId": wait, "params": {"seconds": 600}}),
         )
-        .await?["data"]["id"]
-        .as_str()
-        .context("action id")?
-        .to_string();
+        .await?;
     let device = t
-        .post(
+        .create(
             "/devices",
             json!({"name": "bench phone", "provider": "adb", "address": format!("bench-{}", std::process::id())}),
-        )
-        .await?["data"]["id"]
-        .as_str()
-        .context("device id")?
-        .to_string();
+        ).await?;
     let flow = t
-        .post(
+        .create(
             "/flows",
             json!({"name": "bench abort", "triggerId": trigger, "deviceIds": [device],
                    "actions": [{"actionId": action, "position": 0}]}),
         )
-        .await?["data"]["id"]
-        .as_str()
-        .context("flow id")?
-        .to_string();
+        .await?;
     let run = |t: Arc<Target>, flow: String| async move {
         let r = t.post(&format!("/flows/{flow}/run"), json!({})).await?;
         r["data"]["executionIds"][0]

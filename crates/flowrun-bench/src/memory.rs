@@ -26,23 +26,17 @@ pub async fn run(t: Arc<Target>, flows: usize) -> Result<()> {
 
     let wait = t.catalog_id("flow.wait").await?;
     let trigger = t
-        .post(
+        .create(
             "/triggers",
             json!({"name": "bench memory", "activation": "custom"}),
         )
-        .await?["data"]["id"]
-        .as_str()
-        .context("trigger id")?
-        .to_string();
+        .await?;
     let action = t
-        .post(
+        .create(
             "/actions",
             json!({"name": "pause", "catalogEntryId": wait, "params": {"seconds": 1}}),
         )
-        .await?["data"]["id"]
-        .as_str()
-        .context("action id")?
-        .to_string();
+        .await?;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();

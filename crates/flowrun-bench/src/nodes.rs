@@ -70,34 +70,27 @@ fn psql(url: &str, sql: &str) -> Result<()> {
 async fn provision(t: &Target) -> Result<(String, String)> {
     let wait = t.catalog_id("flow.wait").await?;
     let trigger = t
-        .post(
+        .create(
             "/triggers",
             json!({"name": "bench nodes", "activation": "custom"}),
         )
-        .await?["data"]["id"]
-        .as_str()
-        .context("trigger id")?
-        .to_string();
+        .await?;
     let mut steps = Vec::new();
     for n in 0..3 {
-        let action = t
-            .post(
+        let id = t
+            .create(
                 "/actions",
                 json!({"name": format!("step {n}"), "catalogEntryId": wait, "params": {"seconds": 0}}),
             )
             .await?;
-        let id = action["data"]["id"].as_str().context("action id")?;
         steps.push(json!({"actionId": id, "position": n}));
     }
     let flow = t
-        .post(
+        .create(
             "/flows",
             json!({"name": "bench nodes", "triggerId": trigger, "actions": steps}),
         )
-        .await?["data"]["id"]
-        .as_str()
-        .context("flow id")?
-        .to_string();
+        .await?;
     Ok((trigger, flow))
 }
 

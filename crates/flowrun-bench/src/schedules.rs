@@ -97,14 +97,11 @@ pub async fn run(t: Arc<Target>, schedules: usize, fires: usize, window: f64) ->
     // The measured triggers: whole-second instants from 5 s ahead, spread over the window.
     let wait = t.catalog_id("flow.wait").await?;
     let action = t
-        .post(
+        .create(
             "/actions",
             json!({"name": "no wait", "catalogEntryId": wait, "params": {"seconds": 0}}),
         )
-        .await?["data"]["id"]
-        .as_str()
-        .context("action id")?
-        .to_string();
+        .await?;
     let first = Utc::now().trunc_subsecs(0) + chrono::Duration::seconds(5);
     let nominal: Vec<DateTime<Utc>> = (0..fires)
         .map(|i| first + chrono::Duration::seconds((i as f64 * window / fires as f64) as i64))
