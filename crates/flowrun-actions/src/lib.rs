@@ -85,7 +85,7 @@ impl std::fmt::Display for StepFailure {
 }
 
 /// What a successful step produced.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct StepOutput {
     /// The method's output (catalog `outputSchema`).
     pub body: Value,
@@ -95,6 +95,21 @@ pub struct StepOutput {
     /// Images the step captured (`devices.screenshot`, screenshots a task returned); the
     /// engine stores them with the execution (§5.18).
     pub images: Vec<CapturedImage>,
+    /// An effect the step prepared but did not start (see [`Staged`]).
+    pub staged: Option<Staged>,
+}
+
+/// An effect a step prepared but did not start — an outbox entry, e.g. the delivery of a
+/// `webhooks.send` step. The engine commits it in the same transaction as the step's result
+/// and starts it only once that commit applied: a committed step never repeats its effect
+/// (a resumed run does not run it again) and an aborted or fenced-out step leaves none.
+/// The contents belong to the service that staged it; the engine hands them back.
+pub struct Staged(pub Box<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Staged(..)")
+    }
 }
 
 /// An image captured on a device, with its media type (`image/png`).

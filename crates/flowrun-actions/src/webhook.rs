@@ -586,6 +586,10 @@ pub trait WebhookService: Send + Sync + fmt::Debug + 'static {
 
     /// Another node queued a delivery: look at the queue now rather than at the next poll.
     fn deliveries_due(&self) {}
+
+    /// The step that staged `staged` (a [`send_step`](Self::send_step) output) has committed
+    /// it with its result: start it. A staged effect that is dropped instead never happens.
+    fn start_staged(&self, _staged: crate::Staged) {}
 }
 
 #[cfg(test)]

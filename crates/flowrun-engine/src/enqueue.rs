@@ -188,7 +188,7 @@ pub(crate) async fn run_enqueuer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Enq
     }
 }
 
-async fn commit_batch(shared: &Shared, requests: Vec<EnqueueRequest>) {
+async fn commit_batch(shared: &Arc<Shared>, requests: Vec<EnqueueRequest>) {
     let registry: &Registry = &shared.registry;
     // Dedupe lookups need the store; do them before planning.
     let mut seen: Vec<Vec<HashSet<Uuid>>> = Vec::with_capacity(requests.len());
@@ -252,6 +252,8 @@ async fn commit_batch(shared: &Shared, requests: Vec<EnqueueRequest>) {
         }
     }
     let changes: Vec<Change> = plan.flows.into_values().map(Change::PutFlow).collect();
+    crate::telemetry::enqueued(&plan.rows);
+    let handed = crate::worker::hand_over(shared, &mut plan.rows, now.millis());
     let has_pending = plan.rows.iter().any(|r| r.status == "pending");
     match registry
         .apply_with_executions(changes, &plan.rows, &routed, now.millis())
@@ -261,12 +263,13 @@ async fn commit_batch(shared: &Shared, requests: Vec<EnqueueRequest>) {
             if has_pending {
                 shared.wake.notify_one();
             }
-            crate::telemetry::enqueued(&plan.rows);
+            crate::worker::start_handed(shared, &plan.rows, handed);
             for (r, outcome) in requests.into_iter().zip(outcomes) {
                 let _ = r.reply.send(Ok(outcome));
             }
         }
         Err(e) => {
+            crate::worker::release_handed(shared, handed);
             tracing::error!(error = %e, "enqueue failed");
             fail_all(requests, e.into());
         }

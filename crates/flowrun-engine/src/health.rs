@@ -35,6 +35,19 @@ pub async fn record(
     outcome: Outcome<'_>,
     threshold: i64,
 ) -> flowrun_store::Result<()> {
+    if outcome == Outcome::Success {
+        // The common case changes nothing: skip the definitions lock and the copy.
+        let defs = registry.read();
+        let unchanged = defs.flow_any(owner_id, flow_id).is_none_or(|r| {
+            let f = &r.flow;
+            !f.health_monitoring_enabled
+                || f.is_archived()
+                || (f.consecutive_failures == 0 && f.status != "failing")
+        });
+        if unchanged {
+            return Ok(());
+        }
+    }
     let _guard = registry.lock().await;
     let Some(mut rec) = registry
         .read()

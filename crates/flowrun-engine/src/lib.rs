@@ -113,6 +113,9 @@ pub(crate) struct Shared {
     /// Wakes the event router (events stored).
     pub route_wake: Notify,
     pub running: Mutex<HashMap<Uuid, RunningEntry>>,
+    /// Worker slots taken by rows an enqueue is committing already claimed (they join
+    /// `running` once committed; see `worker::hand_over`).
+    pub reserved: std::sync::atomic::AtomicUsize,
     /// Aborts that found no running entry here: a claim racing the abort must not start the
     /// row. Guarded by the `running` lock's discipline (both taken together in order).
     pub recent_aborts: Mutex<HashMap<Uuid, std::time::Instant>>,
@@ -203,6 +206,7 @@ impl Engine {
             wake: Notify::new(),
             route_wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
+            reserved: std::sync::atomic::AtomicUsize::new(0),
             recent_aborts: Mutex::new(HashMap::new()),
             writer,
             shutdown: CancellationToken::new(),

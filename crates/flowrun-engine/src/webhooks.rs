@@ -18,11 +18,12 @@
 //!   [`flowrun_actions::webhook`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowrun_actions::{FailureClass, StepCall, StepFailure, StepOutput};
+use flowrun_actions::{FailureClass, Staged, StepCall, StepFailure, StepOutput};
 use flowrun_core::Ts;
 use flowrun_store::webhooks::HealthFn;
 use flowrun_store::{
@@ -31,6 +32,7 @@ use flowrun_store::{
 };
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -169,6 +171,21 @@ pub fn forget_endpoint(id: Uuid) {
         .write()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&id);
+    endpoint_changed(id);
+}
+
+/// Endpoint rows as last read, kept only by a process that is its store's only user
+/// (SQLite), so that a `webhooks.send` step does not read its endpoint from the store each
+/// time. Every change of this process evicts the row: the API's writes call
+/// [`endpoint_changed`], and so does an attempt record that may move health. A read that
+/// overlapped an eviction is not kept (the generation moved).
+static ROWS: LazyLock<RwLock<HashMap<Uuid, EndpointRow>>> = LazyLock::new(Default::default);
+static ROWS_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// An endpoint was written: its cached row (if any) is gone.
+pub fn endpoint_changed(id: Uuid) {
+    ROWS_GENERATION.fetch_add(1, Ordering::SeqCst);
+    ROWS.write().unwrap_or_else(|e| e.into_inner()).remove(&id);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -184,15 +201,41 @@ struct Event {
     created_by: Option<String>,
 }
 
+/// A `webhooks.send` delivery staged with its step (see [`Staged`]): the row is inserted by
+/// the step's commit. With a `permit` the row is leased to this node from the start and is
+/// attempted right after the commit, without a claim; without one (every slot busy) it is an
+/// ordinary due row for the worker.
+pub(crate) struct StagedDelivery {
+    pub(crate) row: DeliveryRow,
+    /// The endpoint as read when the step ran (routing was decided on it).
+    endpoint: EndpointRow,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A health computation for a recorded attempt.
+type HealthBox = Box<dyn Fn(&EndpointRow) -> Option<HealthUpdate> + Send + Sync>;
+
+/// One attempt's record for the recorder task.
+struct RecordRequest {
+    write: AttemptWrite,
+    health: Option<HealthBox>,
+    reply: oneshot::Sender<Result<bool, StoreError>>,
+}
+
 /// The delivery service of this node.
 pub struct Webhooks {
     store: Arc<dyn Store>,
     outbound: Outbound,
     config: WebhookConfig,
     node_id: String,
-    /// Wakes the worker (a delivery enqueued, an attempt finished).
+    /// Wakes the worker to look at the store (a due row it did not lease, a retry scheduled).
     wake: Notify,
+    /// Rows went into the store without a lease of this node since the worker last claimed.
+    backlog: AtomicBool,
     slots: Arc<Semaphore>,
+    /// Attempt records, committed in batches.
+    records: mpsc::UnboundedSender<RecordRequest>,
+    me: Weak<Webhooks>,
     shutdown: CancellationToken,
 }
 
@@ -214,13 +257,18 @@ impl Webhooks {
         for e in store.list_endpoints(None, false).await? {
             remember_endpoint(&e.owner_id, e.id);
         }
-        let hooks = Arc::new(Webhooks {
+        let (records, record_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_recorder(store.clone(), record_rx));
+        let hooks = Arc::new_cyclic(|me| Webhooks {
             outbound: Outbound::new(config.policy.clone(), config.timeout),
             slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
             store,
             config,
             node_id: format!("webhooks-{}", Uuid::new_v4()),
             wake: Notify::new(),
+            backlog: AtomicBool::new(true),
+            records,
+            me: me.clone(),
             shutdown: CancellationToken::new(),
         });
         if hooks.config.exclusive_store {
@@ -255,11 +303,22 @@ impl Webhooks {
         owner_id: &str,
         id: Uuid,
     ) -> Result<Option<EndpointRow>, StoreError> {
-        Ok(self
-            .store
-            .get_endpoint(id)
-            .await?
-            .filter(|e| e.owner_id == owner_id && !e.is_deleted()))
+        let live = |e: &EndpointRow| e.owner_id == owner_id && !e.is_deleted();
+        if !self.config.exclusive_store {
+            return Ok(self.store.get_endpoint(id).await?.filter(live));
+        }
+        if let Some(e) = ROWS.read().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            return Ok(Some(e.clone()).filter(live));
+        }
+        let generation = ROWS_GENERATION.load(Ordering::SeqCst);
+        let row = self.store.get_endpoint(id).await?;
+        if let Some(e) = &row {
+            let mut rows = ROWS.write().unwrap_or_else(|e| e.into_inner());
+            if ROWS_GENERATION.load(Ordering::SeqCst) == generation {
+                rows.insert(id, e.clone());
+            }
+        }
+        Ok(row.filter(live))
     }
 
     /// Stores a delivery of `event` to `endpoint`: `pending` and due now, or `skipped` when
@@ -269,13 +328,27 @@ impl Webhooks {
         endpoint: &EndpointRow,
         event: Event,
     ) -> Result<DeliveryRow, StoreError> {
+        let is_test = event.is_test;
+        let row = self.delivery_row(endpoint, event, is_test);
+        self.store.insert_delivery(&row).await?;
+        if row.status == "pending" && !is_test {
+            self.backlog.store(true, Ordering::SeqCst);
+            self.wake.notify_one();
+        }
+        Ok(row)
+    }
+
+    /// A new delivery row of `event` to `endpoint`: `skipped` when routing refuses it
+    /// (§5.17), else `pending` — leased to this node when `leased` (its attempt is made by
+    /// whoever holds the row now), due now otherwise.
+    fn delivery_row(&self, endpoint: &EndpointRow, event: Event, leased: bool) -> DeliveryRow {
         let now = Ts::now().millis();
         let skip = if event.is_test {
             None
         } else {
             routing_skip(endpoint, event.event_type)
         };
-        let row = DeliveryRow {
+        DeliveryRow {
             id: flowrun_core::new_id(),
             owner_id: endpoint.owner_id.clone(),
             endpoint_id: endpoint.id,
@@ -293,25 +366,89 @@ impl Webhooks {
             created_at: now,
             completed_at: skip.map(|_| now),
             created_by: event.created_by,
-            // A test is attempted by its request; the lease only matters if this node dies.
-            next_attempt_at: match (skip, event.is_test) {
+            // A leased row is attempted by its holder; the lease only matters if this node
+            // dies.
+            next_attempt_at: match (skip, leased) {
                 (Some(_), _) => None,
                 (None, true) => Some(now + self.config.claim_lease.as_millis() as i64),
                 (None, false) => Some(now),
             },
-            lease_owner: event.is_test.then(|| self.node_id.clone()),
-        };
-        self.store.insert_delivery(&row).await?;
-        if skip.is_none() && !event.is_test {
+            lease_owner: (skip.is_none() && leased).then(|| self.node_id.clone()),
+        }
+    }
+
+    /// Starts a staged delivery whose step committed: attempts a leased row now, or lets the
+    /// worker claim an unleased one.
+    fn start_committed(&self, staged: StagedDelivery) {
+        let StagedDelivery {
+            row,
+            endpoint,
+            permit,
+        } = staged;
+        match (permit, self.me.upgrade()) {
+            (Some(permit), Some(me)) => {
+                tokio::spawn(async move {
+                    me.attempt_and_record(row, Some(endpoint)).await;
+                    drop(permit);
+                });
+            }
+            _ if row.status == "pending" => {
+                self.backlog.store(true, Ordering::SeqCst);
+                self.wake.notify_one();
+            }
+            _ => {}
+        }
+    }
+
+    /// Makes a claimed or staged row's attempt; a retry scheduled (or a backlog waiting for
+    /// this slot) wakes the worker.
+    async fn attempt_and_record(&self, row: DeliveryRow, endpoint: Option<EndpointRow>) {
+        let id = row.id;
+        let last = row.is_test || row.attempts + 1 >= self.config.max_attempts();
+        match self.attempt(row, endpoint).await {
+            Ok(sent) => {
+                if !last && sent.is_some_and(|s| !s.success()) {
+                    self.wake.notify_one();
+                }
+            }
+            Err(e) => {
+                tracing::error!(delivery = %id, error = %e, "webhook delivery failed to record");
+            }
+        }
+        if self.backlog.load(Ordering::SeqCst) {
             self.wake.notify_one();
         }
-        Ok(row)
+    }
+
+    /// Commits an attempt's record with others (one transaction per batch).
+    async fn record(
+        &self,
+        write: AttemptWrite,
+        health: Option<HealthBox>,
+    ) -> Result<bool, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.records
+            .send(RecordRequest {
+                write,
+                health,
+                reply,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// One turn of a claimed delivery: re-checks routing, makes the attempt and records it.
-    /// Returns what the attempt produced (None when no request was sent).
-    async fn attempt(&self, row: DeliveryRow) -> Result<Option<Sent>, StoreError> {
-        let endpoint = self.store.get_endpoint(row.endpoint_id).await?;
+    /// Returns what the attempt produced (None when no request was sent). `endpoint` is the
+    /// endpoint as just read by the caller, if it has it.
+    async fn attempt(
+        &self,
+        row: DeliveryRow,
+        endpoint: Option<EndpointRow>,
+    ) -> Result<Option<Sent>, StoreError> {
+        let endpoint = match endpoint {
+            Some(e) => Some(e),
+            None => self.store.get_endpoint(row.endpoint_id).await?,
+        };
         let skip = match &endpoint {
             None => Some(ENDPOINT_DELETED),
             Some(e) if e.is_deleted() => Some(ENDPOINT_DELETED),
@@ -333,7 +470,7 @@ impl Webhooks {
                 completed_at: Some(now.millis()),
                 next_attempt_at: None,
             };
-            self.store.finish_attempt(&write, None).await?;
+            self.record(write, None).await?;
             return Ok(None);
         };
         let body = envelope(&row);
@@ -389,22 +526,25 @@ impl Webhooks {
             completed_at: (status != "pending").then_some(finished),
             next_attempt_at,
         };
-        let config = &self.config;
-        let health = move |e: &EndpointRow| {
-            health_after(
-                e,
-                success,
-                finished,
-                config.block_after_dead,
-                config.block_after_failing,
-            )
-        };
-        let health: HealthFn<'_> = &health;
-        let counts = !row.is_test && status != "pending";
-        let applied = self
-            .store
-            .finish_attempt(&write, counts.then_some(health))
-            .await?;
+        let (block_after_dead, block_after_failing) = (
+            self.config.block_after_dead,
+            self.config.block_after_failing,
+        );
+        // A success at a clean endpoint changes nothing: the endpoint row is then neither read
+        // nor locked (on PostgreSQL every node's deliveries to it would queue on that lock).
+        let counts = !row.is_test
+            && status != "pending"
+            && !(success && health_after(&endpoint, true, finished, 0, Duration::ZERO).is_none());
+        let health: Option<HealthBox> = counts.then(|| {
+            Box::new(move |e: &EndpointRow| {
+                health_after(e, success, finished, block_after_dead, block_after_failing)
+            }) as HealthBox
+        });
+        let moves_health = health.is_some();
+        let applied = self.record(write, health).await?;
+        if moves_health {
+            endpoint_changed(row.endpoint_id);
+        }
         if !applied {
             tracing::debug!(delivery = %row.id, "delivery changed during its attempt");
         }
@@ -494,6 +634,11 @@ pub fn health_after(
 }
 
 /// Claims due deliveries and attempts them; sleeps until the earliest due one otherwise.
+///
+/// Deliveries staged with a step never pass through here (their step's commit leased them to
+/// this node); the worker looks at the store only when a row went in unleased, a retry was
+/// scheduled, a slot freed up while rows were waiting, another node queued one, or its timer
+/// for the earliest due row ran out.
 async fn run_worker(hooks: Arc<Webhooks>) {
     // Other nodes' rows (and rows of a lost node) are noticed at least this often.
     const MAX_SLEEP: Duration = Duration::from_secs(30);
@@ -501,9 +646,17 @@ async fn run_worker(hooks: Arc<Webhooks>) {
         if hooks.shutdown.is_cancelled() {
             return;
         }
-        let free = hooks.slots.available_permits();
+        // Slots are taken before the claim: staged deliveries take them concurrently, and a
+        // claimed row without a slot would wait for its lease to run out.
+        let mut permits = Vec::new();
+        while let Ok(p) = hooks.slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let free = permits.len();
         let mut claimed = 0;
         if free > 0 {
+            // Cleared before the claim: a row stored after it sets the flag again.
+            hooks.backlog.store(false, Ordering::SeqCst);
             let now = Ts::now().millis();
             let lease_until = now + hooks.config.claim_lease.as_millis() as i64;
             match hooks
@@ -513,23 +666,26 @@ async fn run_worker(hooks: Arc<Webhooks>) {
             {
                 Ok(rows) => {
                     claimed = rows.len();
-                    for row in rows {
-                        let Ok(permit) = hooks.slots.clone().try_acquire_owned() else {
-                            break;
-                        };
+                    for (row, permit) in rows.into_iter().zip(permits.drain(..)) {
                         let h = hooks.clone();
                         tokio::spawn(async move {
-                            let id = row.id;
-                            if let Err(e) = h.attempt(row).await {
-                                tracing::error!(delivery = %id, error = %e, "webhook delivery failed to record");
-                            }
+                            h.attempt_and_record(row, None).await;
                             drop(permit);
-                            h.wake.notify_one();
                         });
                     }
+                    if claimed == free {
+                        // There may be more: the next slot to free up looks again.
+                        hooks.backlog.store(true, Ordering::SeqCst);
+                    }
                 }
-                Err(e) => tracing::error!(error = %e, "claiming webhook deliveries failed"),
+                Err(e) => {
+                    hooks.backlog.store(true, Ordering::SeqCst);
+                    tracing::error!(error = %e, "claiming webhook deliveries failed");
+                }
             }
+            drop(permits);
+        } else {
+            hooks.backlog.store(true, Ordering::SeqCst);
         }
         let sleep = if hooks.slots.available_permits() == 0 {
             // Every slot is busy: an attempt ending wakes the worker.
@@ -557,10 +713,55 @@ async fn run_worker(hooks: Arc<Webhooks>) {
     }
 }
 
+/// Commits attempt records in batches: whatever is queued goes into one transaction.
+async fn run_recorder(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<RecordRequest>) {
+    let mut batch: Vec<RecordRequest> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let writes: Vec<(AttemptWrite, Option<HealthFn<'_>>)> = batch
+            .iter()
+            .map(|r| {
+                (
+                    r.write.clone(),
+                    r.health.as_deref().map(|h| h as HealthFn<'_>),
+                )
+            })
+            .collect();
+        let result = store.finish_attempts(&writes).await;
+        drop(writes);
+        match result {
+            Ok(applied) => {
+                for (r, ok) in batch.drain(..).zip(applied) {
+                    let _ = r.reply.send(Ok(ok));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for r in batch.drain(..) {
+                    let _ = r.reply.send(Err(StoreError::Batch(message.clone())));
+                }
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl WebhookService for Webhooks {
     fn deliveries_due(&self) {
+        self.backlog.store(true, Ordering::SeqCst);
         self.wake.notify_one();
+    }
+
+    fn start_staged(&self, staged: Staged) {
+        if let Ok(d) = staged.0.downcast::<StagedDelivery>() {
+            self.start_committed(*d);
+        }
     }
 
     async fn send_step(&self, call: &StepCall<'_>) -> Result<StepOutput, StepFailure> {
@@ -589,26 +790,31 @@ impl WebhookService for Webhooks {
             .get("payload")
             .cloned()
             .unwrap_or_else(|| json!({}));
-        let row = self
-            .enqueue(
-                &endpoint,
-                Event {
-                    event_type: STEP_WEBHOOK,
-                    source: "workflows",
-                    data: json!({
-                        "executionId": call.execution_id,
-                        "flowId": call.flow_id,
-                        "stepKey": call.step_key,
-                        "payload": payload,
-                    }),
-                    is_test: false,
-                    created_by: None,
-                },
-            )
-            .await
-            .map_err(store_failure)?;
+        // A free slot now is this delivery's as soon as the step commits.
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        let row = self.delivery_row(
+            &endpoint,
+            Event {
+                event_type: STEP_WEBHOOK,
+                source: "workflows",
+                data: json!({
+                    "executionId": call.execution_id,
+                    "flowId": call.flow_id,
+                    "stepKey": call.step_key,
+                    "payload": payload,
+                }),
+                is_test: false,
+                created_by: None,
+            },
+            permit.is_some(),
+        );
         Ok(StepOutput {
             body: json!({ "eventId": row.event_id, "deliveryId": row.id }),
+            staged: Some(Staged(Box::new(StagedDelivery {
+                row,
+                endpoint,
+                permit,
+            }))),
             ..Default::default()
         })
     }
@@ -675,7 +881,10 @@ impl WebhookService for Webhooks {
             )
             .await
             .map_err(|e| e.to_string())?;
-        let sent = self.attempt(row).await.map_err(|e| e.to_string())?;
+        let sent = self
+            .attempt(row, Some(endpoint))
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(Some(match sent {
             Some(s) => TestResult {
                 success: s.success(),

@@ -13,9 +13,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use flowrun_actions::{FailureClass, StepCall, StepFailure, StepOutput};
+use flowrun_actions::{FailureClass, Staged, StepCall, StepFailure, StepOutput};
 use flowrun_core::Ts;
 use flowrun_core::catalog;
 use flowrun_core::conditions;
@@ -35,6 +36,7 @@ use uuid::Uuid;
 
 use crate::artifacts::{self, ShotPlace};
 use crate::health::{self, Outcome};
+use crate::webhooks::StagedDelivery;
 use crate::{EngineError, RunningEntry, Shared};
 
 /// One fenced write for the writer task; `reply` hears whether it applied.
@@ -204,7 +206,8 @@ pub(crate) async fn run_dispatcher(shared: Arc<Shared>) {
         let (free, busy) = {
             let running = shared.running();
             let busy: Vec<Uuid> = running.values().filter_map(|e| e.device).collect();
-            (shared.config.workers.saturating_sub(running.len()), busy)
+            let taken = running.len() + shared.reserved.load(Ordering::SeqCst);
+            (shared.config.workers.saturating_sub(taken), busy)
         };
         let mut full = false;
         if free > 0 {
@@ -241,6 +244,62 @@ pub(crate) async fn run_dispatcher(shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => return,
         }
     }
+}
+
+/// Rows of an enqueue batch this node runs at once: a `pending` row without a device is
+/// written already claimed (`running`, leased to this node) while a worker slot is free, so
+/// its run starts right after the enqueue commit instead of after a claim and its commit.
+/// The slots are reserved here (the dispatcher counts them taken); the rows join `running`
+/// only once committed, so nothing (lease watch, heartbeat) looks for rows not yet stored.
+/// Rows with a device keep the queue, which orders each device's runs.
+pub(crate) struct Handed {
+    /// Indexes into the batch's rows.
+    rows: Vec<usize>,
+}
+
+/// Marks the rows that [`Handed`] describes and reserves their slots.
+pub(crate) fn hand_over(shared: &Arc<Shared>, rows: &mut [ExecutionRow], now_ms: i64) -> Handed {
+    let mut handed = Handed { rows: Vec::new() };
+    if shared.shutdown.is_cancelled() {
+        return handed;
+    }
+    let running = shared.running();
+    let taken = running.len() + shared.reserved.load(Ordering::SeqCst);
+    let mut free = shared.config.workers.saturating_sub(taken);
+    for (i, row) in rows.iter_mut().enumerate() {
+        if free == 0 {
+            break;
+        }
+        if row.status != "pending" || row.device_id.is_some() {
+            continue;
+        }
+        row.status = "running".to_string();
+        row.started_at = Some(now_ms);
+        row.lease_owner = Some(shared.node_id.clone());
+        row.lease_expires_at = Some(now_ms + shared.config.lease.as_millis() as i64);
+        handed.rows.push(i);
+        free -= 1;
+    }
+    shared
+        .reserved
+        .fetch_add(handed.rows.len(), Ordering::SeqCst);
+    handed
+}
+
+/// The batch committed: runs its handed rows.
+pub(crate) fn start_handed(shared: &Arc<Shared>, rows: &[ExecutionRow], handed: Handed) {
+    for i in handed.rows {
+        start_run(shared, rows[i].clone());
+        shared.reserved.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The batch failed: frees the reserved slots.
+pub(crate) fn release_handed(shared: &Arc<Shared>, handed: Handed) {
+    shared
+        .reserved
+        .fetch_sub(handed.rows.len(), Ordering::SeqCst);
+    shared.wake.notify_one();
 }
 
 fn start_run(shared: &Arc<Shared>, row: ExecutionRow) {
@@ -318,6 +377,9 @@ struct Run {
     /// Screenshots captured for `captureScreenshots` whose bytes are being stored; a record
     /// joins the state once its bytes are stored (`None` = capture lost).
     pending_shots: JoinSet<Option<Screenshot>>,
+    /// Effects of steps that ran but are not committed yet; the next write commits them
+    /// with the state and starts them (see [`Staged`]).
+    staged: Vec<Staged>,
 }
 
 impl Run {
@@ -338,6 +400,7 @@ impl Run {
                     clear_started: false,
                     state: row.state.clone(),
                     search_text: Some(row.search_text.clone()),
+                    deliveries: Vec::new(),
                 };
                 let _ = shared.writer.send(WriteRequest {
                     update,
@@ -391,6 +454,7 @@ impl Run {
             failure_class: None,
             next_seq: 0,
             pending_shots: JoinSet::new(),
+            staged: Vec::new(),
             row,
         })
         .map(|mut run| {
@@ -424,11 +488,33 @@ impl Run {
             clear_started: false,
             state: self.state.to_json(),
             search_text: None,
+            deliveries: Vec::new(),
         };
         self.write(update, wait).await
     }
 
-    async fn write(&self, update: ExecUpdate, wait: bool) -> bool {
+    /// Queues a write with the staged effects; with `wait` (always when effects are staged),
+    /// returns whether it applied and starts the effects if it did.
+    async fn write(&mut self, mut update: ExecUpdate, wait: bool) -> bool {
+        let staged = std::mem::take(&mut self.staged);
+        if !staged.is_empty() {
+            update.deliveries = staged
+                .iter()
+                .filter_map(|s| s.0.downcast_ref::<StagedDelivery>())
+                .map(|d| d.row.clone())
+                .collect();
+            let applied = self.write_now(update, true).await;
+            if applied && let Some(service) = self.shared.executor.webhooks() {
+                for s in staged {
+                    service.start_staged(s);
+                }
+            }
+            return applied;
+        }
+        self.write_now(update, wait).await
+    }
+
+    async fn write_now(&self, update: ExecUpdate, wait: bool) -> bool {
         if !wait {
             let _ = self.shared.writer.send(WriteRequest {
                 update,
@@ -481,6 +567,7 @@ impl Run {
             finished_at: Some(Ts::now().millis()),
             clear_started,
             state: self.state.to_json(),
+            deliveries: Vec::new(),
         };
         let finished_at = update.finished_at;
         let won = self.write(update, true).await;
@@ -790,7 +877,11 @@ impl Run {
             }
             self.roots
                 .insert("now".into(), Value::String(now.to_rfc3339()));
-            self.save(false).await;
+            // `running` is worth a write for a step that takes time; `webhooks.send` only
+            // stages its delivery, which commits with the step's result microseconds later.
+            if step.method != "webhooks.send" {
+                self.save(false).await;
+            }
 
             let outcome = match self.resolve_params(step) {
                 Err(f) => Err(f),
@@ -813,7 +904,10 @@ impl Run {
             };
             let end = Ts::now();
             let (end_state, body_failure) = match outcome {
-                Ok(StepBody::Done(out)) => {
+                Ok(StepBody::Done(mut out)) => {
+                    if let Some(staged) = out.staged.take() {
+                        self.staged.push(staged);
+                    }
                     let r = self.step_result(loc);
                     r.status = step_status::SUCCESS.into();
                     r.body = Some(out.body);
@@ -1207,7 +1301,10 @@ impl Run {
                     }
                 }
             }
-            self.save(false).await;
+            // A child's staged effect commits (and starts) here, before the next child.
+            if !self.save(false).await {
+                return Ok(StepBody::Stop);
+            }
         }
         Ok(match failed {
             None => StepBody::Done(StepOutput {

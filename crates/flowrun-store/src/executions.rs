@@ -154,6 +154,9 @@ pub struct ExecUpdate {
     pub state: String,
     /// Written only with a terminal status (the error is part of it).
     pub search_text: Option<String>,
+    /// Outbox rows (deliveries of `webhooks.send` steps): inserted in the same transaction,
+    /// and only when the update applied.
+    pub deliveries: Vec<crate::webhooks::DeliveryRow>,
 }
 
 /// What the reaper did.

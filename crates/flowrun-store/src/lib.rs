@@ -21,6 +21,7 @@ mod registry;
 pub mod schedules;
 mod sqlite;
 mod sqlite_artifacts;
+mod sqlite_batch;
 mod sqlite_events;
 mod sqlite_exec;
 mod sqlite_sched;
@@ -62,6 +63,12 @@ pub enum StoreError {
     /// Another node changed the rows first (e.g. routed the same events); nothing was written.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A batch this write was part of failed (the batch changed nothing).
+    #[error("batch write failed: {0}")]
+    Batch(String),
+    /// The task that writes for this caller has stopped (shutdown).
+    #[error("the store writer has stopped")]
+    Closed,
 }
 
 /// A change committed by another node, heard through the store (PostgreSQL `LISTEN`).

@@ -466,6 +466,7 @@ impl ExecutionStore for PgStore {
         let mut order: Vec<usize> = (0..updates.len()).collect();
         order.sort_by_key(|&i| updates[i].id);
         let mut applied = vec![false; updates.len()];
+        let mut notify_deliveries = false;
         for i in order {
             let u = &updates[i];
             let n = match u.status.as_deref().filter(|s| is_terminal(s)) {
@@ -496,6 +497,16 @@ impl ExecutionStore for PgStore {
             .await?
             .rows_affected();
             applied[i] = n == 1;
+            if n == 1 {
+                for d in &u.deliveries {
+                    crate::pg_webhooks::insert_delivery_in(&mut tx, d).await?;
+                    // Rows this node did not lease are for any node's delivery worker.
+                    notify_deliveries |= d.status == "pending" && d.lease_owner.is_none();
+                }
+            }
+        }
+        if notify_deliveries {
+            notify(&mut tx, crate::pg_notify::DELIVERIES, "").await?;
         }
         tx.commit().await?;
         Ok(applied)

@@ -294,35 +294,12 @@ impl WebhookStore for PgStore {
     }
 
     async fn insert_delivery(&self, d: &DeliveryRow) -> Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO webhook_deliveries ({DELIVERY_COLS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
-        ))
-        .bind(d.id.to_string())
-        .bind(&d.owner_id)
-        .bind(d.endpoint_id.to_string())
-        .bind(&d.event_id)
-        .bind(&d.event_type)
-        .bind(&d.source)
-        .bind(d.occurred_at)
-        .bind(&d.data)
-        .bind(&d.status)
-        .bind(d.attempts)
-        .bind(d.last_status_code)
-        .bind(&d.last_error)
-        .bind(d.duration_ms)
-        .bind(d.is_test)
-        .bind(d.created_at)
-        .bind(d.completed_at)
-        .bind(&d.created_by)
-        .bind(d.next_attempt_at)
-        .bind(&d.lease_owner)
-        .execute(&self.writer)
-        .await?;
-        if d.status == "pending" {
-            let mut conn = self.writer.acquire().await?;
-            crate::pg_notify::notify(&mut conn, crate::pg_notify::DELIVERIES, "").await?;
+        let mut tx = self.writer.begin().await?;
+        insert_delivery_in(&mut tx, d).await?;
+        if d.status == "pending" && d.lease_owner.is_none() {
+            crate::pg_notify::notify(&mut tx, crate::pg_notify::DELIVERIES, "").await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -372,73 +349,21 @@ impl WebhookStore for PgStore {
         .await?)
     }
 
-    async fn finish_attempt(&self, w: &AttemptWrite, health: Option<HealthFn<'_>>) -> Result<bool> {
+    async fn finish_attempts(
+        &self,
+        writes: &[(AttemptWrite, Option<HealthFn<'_>>)],
+    ) -> Result<Vec<bool>> {
         let mut tx = self.writer.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE webhook_deliveries SET attempts = $1, last_status_code = $2, last_error = $3, \
-             duration_ms = $4, \
-             completed_at = CASE WHEN status = 'pending' THEN $5 ELSE completed_at END, \
-             next_attempt_at = CASE WHEN status = 'pending' THEN $6 ELSE NULL END, \
-             lease_owner = NULL, \
-             status = CASE WHEN status = 'pending' THEN $7 ELSE status END \
-             WHERE id = $8 AND attempts = $9",
-        )
-        .bind(w.attempts)
-        .bind(w.last_status_code)
-        .bind(&w.last_error)
-        .bind(w.duration_ms)
-        .bind(w.completed_at)
-        .bind(w.next_attempt_at)
-        .bind(&w.status)
-        .bind(w.delivery_id.to_string())
-        .bind(w.expected_attempts)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated != 1 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        if let Some(a) = &w.attempt {
-            sqlx::query(&format!(
-                "INSERT INTO webhook_attempts ({ATTEMPT_COLS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING"
-            ))
-            .bind(a.delivery_id.to_string())
-            .bind(a.attempt_no)
-            .bind(a.sent_at)
-            .bind(&a.request_url)
-            .bind(&a.request_method)
-            .bind(&a.request_headers)
-            .bind(&a.request_body)
-            .bind(a.signed)
-            .bind(a.response_status)
-            .bind(&a.response_headers)
-            .bind(&a.response_snippet)
-            .bind(a.duration_ms)
-            .bind(&a.error)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(f) = health
-            && let Some(e) = read_endpoint(&mut tx, None, w.endpoint_id, true).await?
-            && let Some(h) = f(&e)
-        {
-            sqlx::query(
-                "UPDATE webhook_endpoints SET health = $1, consecutive_dead = $2, failing_since = $3, \
-                 blocked_at = $4, blocked_reason = $5 WHERE id = $6",
-            )
-            .bind(&h.health)
-            .bind(h.consecutive_dead)
-            .bind(h.failing_since)
-            .bind(h.blocked_at)
-            .bind(&h.blocked_reason)
-            .bind(w.endpoint_id.to_string())
-            .execute(&mut *tx)
-            .await?;
+        // Endpoint rows are locked in id order, so batches of several nodes cannot deadlock.
+        let mut order: Vec<usize> = (0..writes.len()).collect();
+        order.sort_by_key(|&i| writes[i].0.endpoint_id);
+        let mut applied = vec![false; writes.len()];
+        for i in order {
+            let (w, health) = &writes[i];
+            applied[i] = finish_attempt_in(&mut tx, w, *health).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(applied)
     }
 
     async fn get_delivery(&self, owner_id: &str, id: Uuid) -> Result<Option<DeliveryRow>> {
@@ -510,4 +435,105 @@ impl PgStore {
         let mut conn = self.writer.acquire().await?;
         crate::pg_notify::notify(&mut conn, crate::pg_notify::DEFS, &payload).await
     }
+}
+
+/// Inserts one delivery row on `conn` (alone, or inside a caller's transaction).
+pub(crate) async fn insert_delivery_in(conn: &mut PgConnection, d: &DeliveryRow) -> Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO webhook_deliveries ({DELIVERY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+    ))
+    .bind(d.id.to_string())
+    .bind(&d.owner_id)
+    .bind(d.endpoint_id.to_string())
+    .bind(&d.event_id)
+    .bind(&d.event_type)
+    .bind(&d.source)
+    .bind(d.occurred_at)
+    .bind(&d.data)
+    .bind(&d.status)
+    .bind(d.attempts)
+    .bind(d.last_status_code)
+    .bind(&d.last_error)
+    .bind(d.duration_ms)
+    .bind(d.is_test)
+    .bind(d.created_at)
+    .bind(d.completed_at)
+    .bind(&d.created_by)
+    .bind(d.next_attempt_at)
+    .bind(&d.lease_owner)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Records one attempt inside the caller's transaction (see `finish_attempts`).
+async fn finish_attempt_in(
+    conn: &mut PgConnection,
+    w: &AttemptWrite,
+    health: Option<HealthFn<'_>>,
+) -> Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE webhook_deliveries SET attempts = $1, last_status_code = $2, last_error = $3, \
+         duration_ms = $4, \
+         completed_at = CASE WHEN status = 'pending' THEN $5 ELSE completed_at END, \
+         next_attempt_at = CASE WHEN status = 'pending' THEN $6 ELSE NULL END, \
+         lease_owner = NULL, \
+         status = CASE WHEN status = 'pending' THEN $7 ELSE status END \
+         WHERE id = $8 AND attempts = $9",
+    )
+    .bind(w.attempts)
+    .bind(w.last_status_code)
+    .bind(&w.last_error)
+    .bind(w.duration_ms)
+    .bind(w.completed_at)
+    .bind(w.next_attempt_at)
+    .bind(&w.status)
+    .bind(w.delivery_id.to_string())
+    .bind(w.expected_attempts)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated != 1 {
+        // Nothing changed: the rest of the batch goes on.
+        return Ok(false);
+    }
+    if let Some(a) = &w.attempt {
+        sqlx::query(&format!(
+            "INSERT INTO webhook_attempts ({ATTEMPT_COLS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING"
+        ))
+        .bind(a.delivery_id.to_string())
+        .bind(a.attempt_no)
+        .bind(a.sent_at)
+        .bind(&a.request_url)
+        .bind(&a.request_method)
+        .bind(&a.request_headers)
+        .bind(&a.request_body)
+        .bind(a.signed)
+        .bind(a.response_status)
+        .bind(&a.response_headers)
+        .bind(&a.response_snippet)
+        .bind(a.duration_ms)
+        .bind(&a.error)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if let Some(f) = health
+        && let Some(e) = read_endpoint(&mut *conn, None, w.endpoint_id, true).await?
+        && let Some(h) = f(&e)
+    {
+        sqlx::query(
+            "UPDATE webhook_endpoints SET health = $1, consecutive_dead = $2, failing_since = $3, \
+             blocked_at = $4, blocked_reason = $5 WHERE id = $6",
+        )
+        .bind(&h.health)
+        .bind(h.consecutive_dead)
+        .bind(h.failing_since)
+        .bind(h.blocked_at)
+        .bind(&h.blocked_reason)
+        .bind(w.endpoint_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(true)
 }

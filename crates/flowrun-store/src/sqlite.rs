@@ -21,6 +21,8 @@ use crate::{
 pub struct SqliteStore {
     pub(crate) writer: SqlitePool,
     pub(crate) reader: SqlitePool,
+    /// The hot writes' group commit (see `sqlite_batch`).
+    pub(crate) commits: crate::sqlite_batch::CommitQueue,
 }
 
 impl SqliteStore {
@@ -44,7 +46,11 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            commits: crate::sqlite_batch::CommitQueue::start(writer.clone()),
+            writer,
+            reader,
+        })
     }
 }
 
@@ -262,6 +268,36 @@ impl Store for SqliteStore {
 
 /// One definition write inside the caller's transaction (shared by `write_docs` and
 /// `insert_executions`).
+/// [`write_doc`] as a statement of a script.
+pub(crate) fn push_write_doc<'a>(
+    qb: &mut sqlx::QueryBuilder<'a, sqlx::Sqlite>,
+    w: &'a DocWrite,
+    now: i64,
+) {
+    match &w.json {
+        Some(json) => {
+            qb.push("INSERT INTO definitions (kind, id, owner_id, doc, updated_at) VALUES (");
+            qb.separated(", ")
+                .push_bind(w.kind.as_str())
+                .push_bind(&w.id)
+                .push_bind(&w.owner_id)
+                .push_bind(json)
+                .push_bind(now);
+            qb.push(
+                ") ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc, \
+                 owner_id = excluded.owner_id, updated_at = excluded.updated_at; ",
+            );
+        }
+        None => {
+            qb.push("DELETE FROM definitions WHERE kind = ");
+            qb.push_bind(w.kind.as_str());
+            qb.push(" AND id = ");
+            qb.push_bind(&w.id);
+            qb.push("; ");
+        }
+    }
+}
+
 pub(crate) async fn write_doc(conn: &mut SqliteConnection, w: &DocWrite, now: i64) -> Result<()> {
     match &w.json {
         Some(json) => {

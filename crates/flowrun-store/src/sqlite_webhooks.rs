@@ -16,7 +16,7 @@ const ENDPOINT_COLS: &str = "id, owner_id, kind, url, description, event_types, 
      blocked_at, blocked_reason, secret, created_by, created_at, updated_at, consecutive_dead, \
      failing_since";
 
-const DELIVERY_COLS: &str = "id, owner_id, endpoint_id, event_id, event_type, source, \
+pub(crate) const DELIVERY_COLS: &str = "id, owner_id, endpoint_id, event_id, event_type, source, \
      occurred_at, data, status, attempts, last_status_code, last_error, duration_ms, is_test, \
      created_at, completed_at, created_by, next_attempt_at, lease_owner";
 
@@ -294,32 +294,8 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn insert_delivery(&self, d: &DeliveryRow) -> Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO webhook_deliveries ({DELIVERY_COLS}) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(d.id.to_string())
-        .bind(&d.owner_id)
-        .bind(d.endpoint_id.to_string())
-        .bind(&d.event_id)
-        .bind(&d.event_type)
-        .bind(&d.source)
-        .bind(d.occurred_at)
-        .bind(&d.data)
-        .bind(&d.status)
-        .bind(d.attempts)
-        .bind(d.last_status_code)
-        .bind(&d.last_error)
-        .bind(d.duration_ms)
-        .bind(d.is_test)
-        .bind(d.created_at)
-        .bind(d.completed_at)
-        .bind(&d.created_by)
-        .bind(d.next_attempt_at)
-        .bind(&d.lease_owner)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let mut conn = self.writer.acquire().await?;
+        insert_delivery_in(&mut conn, d).await
     }
 
     async fn claim_deliveries(
@@ -368,73 +344,87 @@ impl WebhookStore for SqliteStore {
         .await?)
     }
 
-    async fn finish_attempt(&self, w: &AttemptWrite, health: Option<HealthFn<'_>>) -> Result<bool> {
+    async fn finish_attempts(
+        &self,
+        writes: &[(AttemptWrite, Option<HealthFn<'_>>)],
+    ) -> Result<Vec<bool>> {
+        if writes.iter().all(|(_, health)| health.is_none()) {
+            // Joins the next group commit (one script for every queued write; see
+            // sqlite_batch).
+            return self
+                .commits
+                .attempts(writes.iter().map(|(w, _)| w.clone()).collect())
+                .await;
+        }
+        // Health is computed from the endpoint as the transaction sees it: statement by
+        // statement, in rounds of at most one write per delivery so that a delivery's writes
+        // apply in order.
         let mut tx = self.writer.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE webhook_deliveries SET attempts = ?, last_status_code = ?, last_error = ?, \
-             duration_ms = ?, \
-             completed_at = CASE WHEN status = 'pending' THEN ? ELSE completed_at END, \
-             next_attempt_at = CASE WHEN status = 'pending' THEN ? ELSE NULL END, \
-             lease_owner = NULL, \
-             status = CASE WHEN status = 'pending' THEN ? ELSE status END \
-             WHERE id = ? AND attempts = ?",
-        )
-        .bind(w.attempts)
-        .bind(w.last_status_code)
-        .bind(&w.last_error)
-        .bind(w.duration_ms)
-        .bind(w.completed_at)
-        .bind(w.next_attempt_at)
-        .bind(&w.status)
-        .bind(w.delivery_id.to_string())
-        .bind(w.expected_attempts)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated != 1 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        if let Some(a) = &w.attempt {
-            sqlx::query(&format!(
-                "INSERT INTO webhook_attempts ({ATTEMPT_COLS}) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
-            ))
-            .bind(a.delivery_id.to_string())
-            .bind(a.attempt_no)
-            .bind(a.sent_at)
-            .bind(&a.request_url)
-            .bind(&a.request_method)
-            .bind(&a.request_headers)
-            .bind(&a.request_body)
-            .bind(a.signed)
-            .bind(a.response_status)
-            .bind(&a.response_headers)
-            .bind(&a.response_snippet)
-            .bind(a.duration_ms)
-            .bind(&a.error)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(f) = health
-            && let Some(e) = read_endpoint(&mut tx, None, w.endpoint_id).await?
-            && let Some(h) = f(&e)
-        {
-            sqlx::query(
-                "UPDATE webhook_endpoints SET health = ?, consecutive_dead = ?, failing_since = ?, \
-                 blocked_at = ?, blocked_reason = ? WHERE id = ?",
-            )
-            .bind(&h.health)
-            .bind(h.consecutive_dead)
-            .bind(h.failing_since)
-            .bind(h.blocked_at)
-            .bind(&h.blocked_reason)
-            .bind(w.endpoint_id.to_string())
-            .execute(&mut *tx)
-            .await?;
+        let mut applied = vec![false; writes.len()];
+        let mut rest: Vec<usize> = (0..writes.len()).collect();
+        while !rest.is_empty() {
+            let mut seen = std::collections::HashSet::new();
+            let (round, later): (Vec<usize>, Vec<usize>) = rest
+                .iter()
+                .partition(|&&i| seen.insert(writes[i].0.delivery_id));
+            rest = later;
+            let mut hit = std::collections::HashSet::new();
+            // 9 binds per row; SQLite allows 32766 variables per statement.
+            for chunk in round.chunks(1000) {
+                let mut qb = QueryBuilder::<Sqlite>::new(
+                    "WITH v(id, expected, attempts, last_status_code, last_error, duration_ms, \
+                     completed_at, next_attempt_at, status) AS (",
+                );
+                qb.push_values(chunk, |mut b, &i| {
+                    let w = &writes[i].0;
+                    b.push_bind(w.delivery_id.to_string())
+                        .push_bind(w.expected_attempts)
+                        .push_bind(w.attempts)
+                        .push_bind(w.last_status_code)
+                        .push_bind(&w.last_error)
+                        .push_bind(w.duration_ms)
+                        .push_bind(w.completed_at)
+                        .push_bind(w.next_attempt_at)
+                        .push_bind(&w.status);
+                });
+                qb.push(
+                    ") UPDATE webhook_deliveries SET attempts = v.attempts, \
+                     last_status_code = v.last_status_code, last_error = v.last_error, \
+                     duration_ms = v.duration_ms, \
+                     completed_at = CASE WHEN webhook_deliveries.status = 'pending' \
+                         THEN v.completed_at ELSE webhook_deliveries.completed_at END, \
+                     next_attempt_at = CASE WHEN webhook_deliveries.status = 'pending' \
+                         THEN v.next_attempt_at ELSE NULL END, \
+                     lease_owner = NULL, \
+                     status = CASE WHEN webhook_deliveries.status = 'pending' \
+                         THEN v.status ELSE webhook_deliveries.status END \
+                     FROM v WHERE webhook_deliveries.id = v.id \
+                     AND webhook_deliveries.attempts = v.expected \
+                     RETURNING webhook_deliveries.id",
+                );
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    hit.insert(r.get::<String, _>(0));
+                }
+            }
+            let done: Vec<usize> = round
+                .into_iter()
+                .filter(|&i| hit.contains(&writes[i].0.delivery_id.to_string()))
+                .collect();
+            let attempts: Vec<&AttemptRow> = done
+                .iter()
+                .filter_map(|&i| writes[i].0.attempt.as_ref())
+                .collect();
+            insert_attempts_in(&mut tx, &attempts).await?;
+            for &i in &done {
+                applied[i] = true;
+                let (w, health) = &writes[i];
+                if let Some(f) = health {
+                    apply_health(&mut tx, w.endpoint_id, *f).await?;
+                }
+            }
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(applied)
     }
 
     async fn get_delivery(&self, owner_id: &str, id: Uuid) -> Result<Option<DeliveryRow>> {
@@ -496,4 +486,175 @@ impl WebhookStore for SqliteStore {
         }
         Ok(out)
     }
+}
+
+/// Inserts one delivery row on `conn` (alone, or inside a caller's transaction).
+pub(crate) async fn insert_delivery_in(conn: &mut SqliteConnection, d: &DeliveryRow) -> Result<()> {
+    insert_deliveries_in(conn, &[d]).await
+}
+
+/// Inserts delivery rows on `conn`, many per statement.
+pub(crate) async fn insert_deliveries_in(
+    conn: &mut SqliteConnection,
+    rows: &[&DeliveryRow],
+) -> Result<()> {
+    // 19 binds per row; SQLite allows 32766 variables per statement.
+    for chunk in rows.chunks(1000) {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "INSERT INTO webhook_deliveries ({DELIVERY_COLS}) "
+        ));
+        qb.push_values(chunk, |mut b, d| bind_delivery(&mut b, d));
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Inserts attempt rows on `conn`, many per statement (an attempt already recorded stays).
+async fn insert_attempts_in(conn: &mut SqliteConnection, rows: &[&AttemptRow]) -> Result<()> {
+    // 13 binds per row; SQLite allows 32766 variables per statement.
+    for chunk in rows.chunks(1000) {
+        let mut qb =
+            QueryBuilder::<Sqlite>::new(format!("INSERT INTO webhook_attempts ({ATTEMPT_COLS}) "));
+        qb.push_values(chunk, |mut b, a| {
+            b.push_bind(a.delivery_id.to_string())
+                .push_bind(a.attempt_no)
+                .push_bind(a.sent_at)
+                .push_bind(&a.request_url)
+                .push_bind(&a.request_method)
+                .push_bind(&a.request_headers)
+                .push_bind(&a.request_body)
+                .push_bind(a.signed)
+                .push_bind(a.response_status)
+                .push_bind(&a.response_headers)
+                .push_bind(&a.response_snippet)
+                .push_bind(a.duration_ms)
+                .push_bind(&a.error);
+        });
+        qb.push(" ON CONFLICT DO NOTHING");
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Applies `health` to the endpoint as it is now in the transaction.
+async fn apply_health(
+    conn: &mut SqliteConnection,
+    endpoint_id: Uuid,
+    health: HealthFn<'_>,
+) -> Result<()> {
+    if let Some(e) = read_endpoint(&mut *conn, None, endpoint_id).await?
+        && let Some(h) = health(&e)
+    {
+        sqlx::query(
+            "UPDATE webhook_endpoints SET health = ?, consecutive_dead = ?, failing_since = ?, \
+             blocked_at = ?, blocked_reason = ? WHERE id = ?",
+        )
+        .bind(&h.health)
+        .bind(h.consecutive_dead)
+        .bind(h.failing_since)
+        .bind(h.blocked_at)
+        .bind(&h.blocked_reason)
+        .bind(endpoint_id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Binds a delivery row's columns in `DELIVERY_COLS` order.
+pub(crate) fn bind_delivery<'q>(
+    b: &mut sqlx::query_builder::Separated<'_, 'q, Sqlite, &'static str>,
+    d: &'q DeliveryRow,
+) {
+    b.push_bind(d.id.to_string())
+        .push_bind(&d.owner_id)
+        .push_bind(d.endpoint_id.to_string())
+        .push_bind(&d.event_id)
+        .push_bind(&d.event_type)
+        .push_bind(&d.source)
+        .push_bind(d.occurred_at)
+        .push_bind(&d.data)
+        .push_bind(&d.status)
+        .push_bind(d.attempts)
+        .push_bind(d.last_status_code)
+        .push_bind(&d.last_error)
+        .push_bind(d.duration_ms)
+        .push_bind(d.is_test)
+        .push_bind(d.created_at)
+        .push_bind(d.completed_at)
+        .push_bind(&d.created_by)
+        .push_bind(d.next_attempt_at)
+        .push_bind(&d.lease_owner);
+}
+
+/// The statements of one round of attempt records (`chunk`, indexes into `writes`): each
+/// applied write returns `(delivery id, tag)`.
+pub(crate) fn push_attempts<'a>(
+    qb: &mut QueryBuilder<'a, Sqlite>,
+    writes: &'a [AttemptWrite],
+    chunk: &[usize],
+    tag: i64,
+) {
+    let attempts: Vec<(&AttemptWrite, &AttemptRow)> = chunk
+        .iter()
+        .filter_map(|&i| writes[i].attempt.as_ref().map(|a| (&writes[i], a)))
+        .collect();
+    if !attempts.is_empty() {
+        // Before the delivery update, under its condition: an attempt is stored exactly when
+        // its write applies.
+        qb.push(format!("WITH a(expected, {ATTEMPT_COLS}) AS ("));
+        qb.push_values(attempts, |mut b, (w, a)| {
+            b.push_bind(w.expected_attempts)
+                .push_bind(a.delivery_id.to_string())
+                .push_bind(a.attempt_no)
+                .push_bind(a.sent_at)
+                .push_bind(&a.request_url)
+                .push_bind(&a.request_method)
+                .push_bind(&a.request_headers)
+                .push_bind(&a.request_body)
+                .push_bind(a.signed)
+                .push_bind(a.response_status)
+                .push_bind(&a.response_headers)
+                .push_bind(&a.response_snippet)
+                .push_bind(a.duration_ms)
+                .push_bind(&a.error);
+        });
+        qb.push(format!(
+            ") INSERT INTO webhook_attempts ({ATTEMPT_COLS}) SELECT {} FROM a \
+             JOIN webhook_deliveries d ON d.id = a.delivery_id AND d.attempts = a.expected \
+             WHERE true ON CONFLICT DO NOTHING; ",
+            crate::sqlite_exec::prefixed("a.", ATTEMPT_COLS)
+        ));
+    }
+    qb.push(
+        "WITH v(id, expected, attempts, last_status_code, last_error, duration_ms, \
+         completed_at, next_attempt_at, status) AS (",
+    );
+    qb.push_values(chunk, |mut b, &i| {
+        let w = &writes[i];
+        b.push_bind(w.delivery_id.to_string())
+            .push_bind(w.expected_attempts)
+            .push_bind(w.attempts)
+            .push_bind(w.last_status_code)
+            .push_bind(&w.last_error)
+            .push_bind(w.duration_ms)
+            .push_bind(w.completed_at)
+            .push_bind(w.next_attempt_at)
+            .push_bind(&w.status);
+    });
+    qb.push(
+        ") UPDATE webhook_deliveries SET attempts = v.attempts, \
+         last_status_code = v.last_status_code, last_error = v.last_error, \
+         duration_ms = v.duration_ms, \
+         completed_at = CASE WHEN webhook_deliveries.status = 'pending' \
+             THEN v.completed_at ELSE webhook_deliveries.completed_at END, \
+         next_attempt_at = CASE WHEN webhook_deliveries.status = 'pending' \
+             THEN v.next_attempt_at ELSE NULL END, \
+         lease_owner = NULL, \
+         status = CASE WHEN webhook_deliveries.status = 'pending' \
+             THEN v.status ELSE webhook_deliveries.status END \
+         FROM v WHERE webhook_deliveries.id = v.id AND webhook_deliveries.attempts = v.expected \
+         RETURNING webhook_deliveries.id, ",
+    );
+    qb.push(format!("{tag}; "));
 }

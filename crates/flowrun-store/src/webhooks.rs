@@ -229,7 +229,17 @@ pub trait WebhookStore: Send + Sync {
         &self,
         write: &AttemptWrite,
         health: Option<HealthFn<'_>>,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        let applied = self.finish_attempts(&[(write.clone(), health)]).await?;
+        Ok(applied.first().copied().unwrap_or(false))
+    }
+
+    /// [`finish_attempt`](Self::finish_attempt) for many attempts in one transaction (one
+    /// commit for a batch of deliveries); each is fenced on its own.
+    async fn finish_attempts(
+        &self,
+        writes: &[(AttemptWrite, Option<HealthFn<'_>>)],
+    ) -> Result<Vec<bool>>;
 
     /// One delivery of this owner.
     async fn get_delivery(&self, owner_id: &str, id: Uuid) -> Result<Option<DeliveryRow>>;

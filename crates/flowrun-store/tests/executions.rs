@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 mod common;
 
-use common::{Db, on_each_backend};
+use common::{Db, delivery, endpoint, on_each_backend};
 
 const OWNER: &str = "owner-1";
 
@@ -69,6 +69,7 @@ fn progress(r: &ExecutionRow, lease_owner: &str, state: &str) -> ExecUpdate {
         clear_started: false,
         state: state.to_string(),
         search_text: None,
+        deliveries: Vec::new(),
     }
 }
 
@@ -1000,6 +1001,44 @@ async fn concurrent_claimers_take_each_row_once_and_one_per_device() {
         all.sort();
         assert_eq!(all, ids(&rows), "every row claimed exactly once");
         assert_eq!(db.count_pending().await.unwrap(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn staged_deliveries_are_inserted_only_with_an_update_that_applies() {
+    on_each_backend(|db| async move {
+        let hook = endpoint(OWNER, 1);
+        db.insert_endpoint(&hook).await.unwrap();
+        db.insert_executions(&[row(1, None, 10)], &[])
+            .await
+            .unwrap();
+        let claimed = db
+            .claim_executions("node-1", 100, 200, 10, &[])
+            .await
+            .unwrap();
+        let r = &claimed[0];
+        let mut leased = delivery(&hook, 150, Some(60_150));
+        leased.lease_owner = Some("webhooks-1".to_string());
+        let mut applies = progress(r, "node-1", r#"{"step":1}"#);
+        applies.deliveries = vec![leased.clone()];
+        let mut fenced = progress(r, "node-2", r#"{"step":2}"#);
+        let lost = delivery(&hook, 160, Some(160));
+        fenced.deliveries = vec![lost.clone()];
+        let applied = db.apply_exec_updates(&[applies, fenced]).await.unwrap();
+        assert_eq!(applied, vec![true, false]);
+        assert_eq!(
+            db.get_delivery(OWNER, leased.id).await.unwrap(),
+            Some(leased)
+        );
+        assert_eq!(db.get_delivery(OWNER, lost.id).await.unwrap(), None);
+        // The leased row is not claimable by anyone while its lease runs.
+        assert!(
+            db.claim_deliveries("webhooks-2", 1_000, 61_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     })
     .await;
 }

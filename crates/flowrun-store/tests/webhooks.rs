@@ -5,58 +5,12 @@
 use flowrun_store::{
     AttemptRow, AttemptWrite, DeliveryFilter, DeliveryRow, EndpointPatch, EndpointRow, HealthUpdate,
 };
-use uuid::Uuid;
 
 mod common;
 
-use common::on_each_backend;
+use common::{delivery, endpoint, on_each_backend};
 
 const OWNER: &str = "owner-1";
-
-fn endpoint(owner: &str, created_at: i64) -> EndpointRow {
-    EndpointRow {
-        id: Uuid::now_v7(),
-        owner_id: owner.to_string(),
-        kind: "http".to_string(),
-        url: Some("https://example.com/hook".to_string()),
-        description: Some("Hook".to_string()),
-        event_types: vec!["a.b".to_string()],
-        state: "ACTIVE".to_string(),
-        health: "healthy".to_string(),
-        blocked_at: None,
-        blocked_reason: None,
-        secret: "whsec_AAAA".to_string(),
-        created_by: Some("actor".to_string()),
-        created_at,
-        updated_at: created_at,
-        consecutive_dead: 0,
-        failing_since: None,
-    }
-}
-
-fn delivery(e: &EndpointRow, created_at: i64, due: Option<i64>) -> DeliveryRow {
-    DeliveryRow {
-        id: Uuid::now_v7(),
-        owner_id: e.owner_id.clone(),
-        endpoint_id: e.id,
-        event_id: Uuid::now_v7().to_string(),
-        event_type: "a.b".to_string(),
-        source: "workflows".to_string(),
-        occurred_at: created_at,
-        data: r#"{"x":1}"#.to_string(),
-        status: "pending".to_string(),
-        attempts: 0,
-        last_status_code: None,
-        last_error: None,
-        duration_ms: None,
-        is_test: false,
-        created_at,
-        completed_at: None,
-        created_by: None,
-        next_attempt_at: due,
-        lease_owner: None,
-    }
-}
 
 fn attempt(d: &DeliveryRow, n: i32) -> AttemptRow {
     AttemptRow {
@@ -277,6 +231,46 @@ async fn claims_take_due_rows_under_a_lease_and_attempts_are_fenced() {
             [0, 0, 0, 0]
         );
         assert_eq!(db.get_delivery("other", due.id).await.unwrap(), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_batch_of_attempts_commits_together_each_fenced_and_health_in_order() {
+    on_each_backend(|db| async move {
+        let e = endpoint(OWNER, 10);
+        db.insert_endpoint(&e).await.unwrap();
+        let (a, b) = (delivery(&e, 100, Some(100)), delivery(&e, 101, Some(101)));
+        db.insert_delivery(&a).await.unwrap();
+        db.insert_delivery(&b).await.unwrap();
+        // Each dead attempt counts on the endpoint as the batch's earlier ones left it.
+        let health = |row: &EndpointRow| {
+            Some(HealthUpdate {
+                health: "failing".to_string(),
+                consecutive_dead: row.consecutive_dead + 1,
+                failing_since: Some(200),
+                blocked_at: None,
+                blocked_reason: None,
+            })
+        };
+        let mut stale = failed_write(&b, 1, "dead", None);
+        stale.expected_attempts = 5;
+        let applied = db
+            .finish_attempts(&[
+                (failed_write(&a, 1, "dead", None), Some(&health)),
+                (stale, Some(&health)),
+                (failed_write(&b, 1, "dead", None), Some(&health)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(applied, vec![true, false, true]);
+        for id in [a.id, b.id] {
+            let d = db.get_delivery(OWNER, id).await.unwrap().unwrap();
+            assert_eq!((d.status.as_str(), d.attempts), ("dead", 1));
+            assert_eq!(db.list_attempts(id).await.unwrap().len(), 1);
+        }
+        let h = db.get_endpoint(e.id).await.unwrap().unwrap();
+        assert_eq!((h.health.as_str(), h.consecutive_dead), ("failing", 2));
     })
     .await;
 }

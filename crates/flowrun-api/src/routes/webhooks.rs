@@ -553,6 +553,7 @@ async fn update_webhook(
         .patch_endpoint(&caller.owner_id, current.id, &patch)
         .await?
         .ok_or_else(|| ApiError::not_found("Webhook", &raw))?;
+    hooks::endpoint_changed(e.id);
     Ok(data(webhook_view(&e)))
 }
 
@@ -606,6 +607,7 @@ async fn rotate_secret(
         .set_endpoint_secret(&caller.owner_id, current.id, &secret, Ts::now().millis())
         .await?
         .ok_or_else(|| ApiError::not_found("Webhook", &raw))?;
+    hooks::endpoint_changed(e.id);
     Ok(data(with_secret(&e, Some(secret))))
 }
 

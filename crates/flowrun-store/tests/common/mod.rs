@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use flowrun_store::Store;
+use flowrun_store::{DeliveryRow, EndpointRow, Store};
 use sqlx::Connection;
 use uuid::Uuid;
 
@@ -68,5 +68,52 @@ pub fn database_url(url: &str, name: &str) -> String {
     match query {
         Some(q) => format!("{base}/{name}?{q}"),
         None => format!("{base}/{name}"),
+    }
+}
+
+/// An active, healthy `http` endpoint of `owner`.
+pub fn endpoint(owner: &str, created_at: i64) -> EndpointRow {
+    EndpointRow {
+        id: Uuid::now_v7(),
+        owner_id: owner.to_string(),
+        kind: "http".to_string(),
+        url: Some("https://example.com/hook".to_string()),
+        description: Some("Hook".to_string()),
+        event_types: vec!["a.b".to_string()],
+        state: "ACTIVE".to_string(),
+        health: "healthy".to_string(),
+        blocked_at: None,
+        blocked_reason: None,
+        secret: "whsec_AAAA".to_string(),
+        created_by: Some("actor".to_string()),
+        created_at,
+        updated_at: created_at,
+        consecutive_dead: 0,
+        failing_since: None,
+    }
+}
+
+/// A `pending` delivery to `e`, due at `due`.
+pub fn delivery(e: &EndpointRow, created_at: i64, due: Option<i64>) -> DeliveryRow {
+    DeliveryRow {
+        id: Uuid::now_v7(),
+        owner_id: e.owner_id.clone(),
+        endpoint_id: e.id,
+        event_id: Uuid::now_v7().to_string(),
+        event_type: "a.b".to_string(),
+        source: "workflows".to_string(),
+        occurred_at: created_at,
+        data: r#"{"x":1}"#.to_string(),
+        status: "pending".to_string(),
+        attempts: 0,
+        last_status_code: None,
+        last_error: None,
+        duration_ms: None,
+        is_test: false,
+        created_at,
+        completed_at: None,
+        created_by: None,
+        next_attempt_at: due,
+        lease_owner: None,
     }
 }

@@ -1,0 +1,298 @@
+//! Write batches on SQLite: one transaction, one round trip, one fsync for whatever is queued.
+//!
+//! The SQLite driver runs each connection on its own thread and every query is a round trip
+//! to it (two thread wake-ups); on a small machine those wake-ups and the commit's fsync, not
+//! the SQL, are what a write costs. So:
+//! - a [`Script`] is a whole transaction — `BEGIN IMMEDIATE`, the statements (several rows
+//!   each), `COMMIT` — sent as one multi-statement query;
+//! - the [`CommitQueue`] merges the hot writes of every caller (execution enqueues, step and
+//!   terminal writes with their staged deliveries, delivery attempt records) into one script
+//!   per turn: a group commit across kinds. A job whose script fails is retried alone, so one
+//!   bad job fails only itself.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
+use sqlx::{Connection, QueryBuilder, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::webhooks::AttemptWrite;
+use crate::{DocWrite, ExecUpdate, ExecutionRow, Result, StoreError};
+
+/// A transaction being written as one query.
+pub(crate) struct Script<'a> {
+    qb: QueryBuilder<'a, Sqlite>,
+}
+
+impl<'a> Script<'a> {
+    pub(crate) fn new() -> Self {
+        Self {
+            qb: QueryBuilder::new("BEGIN IMMEDIATE; "),
+        }
+    }
+
+    /// The builder to append statements to; each statement ends with `; `.
+    pub(crate) fn sql(&mut self) -> &mut QueryBuilder<'a, Sqlite> {
+        &mut self.qb
+    }
+
+    /// Runs the transaction on the pool's (single) writer connection and returns the rows the
+    /// statements returned, in order. On an error nothing is committed.
+    pub(crate) async fn run(mut self, writer: &SqlitePool) -> Result<Vec<SqliteRow>> {
+        self.qb.push("COMMIT;");
+        let mut conn = writer.acquire().await?;
+        let result = self
+            .qb
+            .build()
+            .persistent(false)
+            .fetch_all(&mut *conn)
+            .await;
+        match result {
+            Ok(rows) => Ok(rows),
+            Err(e) => {
+                // The failed statement left the transaction open (or COMMIT failed): end it,
+                // and give up the connection if even that fails.
+                match sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                    Ok(_) => {}
+                    Err(sqlx::Error::Database(d)) if d.message().contains("no transaction") => {}
+                    Err(_) => {
+                        let _ = conn.detach().close().await;
+                    }
+                }
+                Err(StoreError::Database(e))
+            }
+        }
+    }
+}
+
+/// One caller's write waiting for the next group commit.
+pub(crate) enum Job {
+    /// New execution rows, definition writes and routed events (an enqueue).
+    Insert {
+        rows: Vec<ExecutionRow>,
+        docs: Vec<DocWrite>,
+        routed: Vec<String>,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Fenced execution writes; replies which applied.
+    Exec {
+        updates: Vec<ExecUpdate>,
+        reply: oneshot::Sender<Result<Vec<bool>>>,
+    },
+    /// Delivery attempt records without health changes; replies which applied.
+    Attempts {
+        writes: Vec<AttemptWrite>,
+        reply: oneshot::Sender<Result<Vec<bool>>>,
+    },
+}
+
+/// The queue of the single writer task.
+pub(crate) struct CommitQueue {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+/// How long a batch of attempt records alone waits for other writes to share its commit:
+/// records are not on any caller's critical path, step commits are.
+const RECORD_LINGER: Duration = Duration::from_millis(2);
+
+impl CommitQueue {
+    pub(crate) fn start(writer: SqlitePool) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_queue(writer, rx));
+        Self { tx }
+    }
+
+    async fn submit<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T>>) -> Job) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(job(reply)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(crate) async fn insert(
+        &self,
+        rows: &[ExecutionRow],
+        docs: &[DocWrite],
+        routed: &[String],
+        now_ms: i64,
+    ) -> Result<()> {
+        self.submit(|reply| Job::Insert {
+            rows: rows.to_vec(),
+            docs: docs.to_vec(),
+            routed: routed.to_vec(),
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn exec(&self, updates: &[ExecUpdate]) -> Result<Vec<bool>> {
+        self.submit(|reply| Job::Exec {
+            updates: updates.to_vec(),
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn attempts(&self, writes: Vec<AttemptWrite>) -> Result<Vec<bool>> {
+        self.submit(|reply| Job::Attempts { writes, reply }).await
+    }
+}
+
+async fn run_queue(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut jobs: Vec<Job> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        jobs.push(first);
+        drain(&mut rx, &mut jobs);
+        if jobs.iter().all(|j| matches!(j, Job::Attempts { .. }))
+            && let Ok(Some(next)) = tokio::time::timeout(RECORD_LINGER, rx.recv()).await
+        {
+            jobs.push(next);
+            drain(&mut rx, &mut jobs);
+        }
+        let batch = std::mem::take(&mut jobs);
+        match run_jobs(&writer, &batch).await {
+            Ok(results) => {
+                for (job, result) in batch.into_iter().zip(results) {
+                    reply(job, Ok(result));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                // Find the culprit: every job on its own.
+                for job in batch {
+                    let result = run_jobs(&writer, std::slice::from_ref(&job))
+                        .await
+                        .map(|mut r| r.pop().unwrap_or_default());
+                    reply(job, result);
+                }
+            }
+            Err(e) => {
+                for job in batch {
+                    reply(job, Err(StoreError::Batch(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn drain(rx: &mut mpsc::UnboundedReceiver<Job>, jobs: &mut Vec<Job>) {
+    while jobs.len() < 256 {
+        match rx.try_recv() {
+            Ok(j) => jobs.push(j),
+            Err(_) => break,
+        }
+    }
+}
+
+fn reply(job: Job, result: Result<Vec<bool>>) {
+    match job {
+        Job::Insert { reply, .. } => {
+            let _ = reply.send(result.map(|_| ()));
+        }
+        Job::Exec { reply, .. } | Job::Attempts { reply, .. } => {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Tags of returned rows: the job's index and the round within it.
+fn tag(job: usize, round: usize) -> i64 {
+    ((job as i64) << 20) | round as i64
+}
+
+/// Splits `ids` into rounds holding each id at most once, in order (a row's writes in one
+/// round would race).
+fn rounds<K: std::hash::Hash + Eq + Copy>(ids: impl Iterator<Item = K>) -> Vec<Vec<usize>> {
+    let ids: Vec<K> = ids.collect();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    let mut rest: Vec<usize> = (0..ids.len()).collect();
+    while !rest.is_empty() {
+        let mut seen = HashSet::new();
+        let (round, later): (Vec<usize>, Vec<usize>) =
+            rest.iter().partition(|&&i| seen.insert(ids[i]));
+        rest = later;
+        rounds.push(round);
+    }
+    rounds
+}
+
+/// Runs jobs in one script; returns each job's applied flags (empty for an insert).
+async fn run_jobs(writer: &SqlitePool, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
+    let mut script = Script::new();
+    let mut plans: Vec<Vec<Vec<usize>>> = Vec::with_capacity(jobs.len());
+    for (j, job) in jobs.iter().enumerate() {
+        match job {
+            Job::Insert {
+                rows,
+                docs,
+                routed,
+                now_ms,
+                ..
+            } => {
+                crate::sqlite_events::push_mark_routed(script.sql(), routed, *now_ms);
+                crate::sqlite_exec::push_insert_executions(script.sql(), rows);
+                for d in docs {
+                    crate::sqlite::push_write_doc(script.sql(), d, *now_ms);
+                }
+                plans.push(Vec::new());
+            }
+            Job::Exec { updates, .. } => {
+                let rs = rounds(updates.iter().map(|u| u.id));
+                for (r, round) in rs.iter().enumerate() {
+                    // 9 binds per update, 22 per delivery; SQLite allows 32766 per statement.
+                    for chunk in round.chunks(300) {
+                        crate::sqlite_exec::push_exec_updates(
+                            script.sql(),
+                            updates,
+                            chunk,
+                            tag(j, r),
+                        );
+                    }
+                }
+                plans.push(rs);
+            }
+            Job::Attempts { writes, .. } => {
+                let rs = rounds(writes.iter().map(|w| w.delivery_id));
+                for (r, round) in rs.iter().enumerate() {
+                    for chunk in round.chunks(1000) {
+                        crate::sqlite_webhooks::push_attempts(
+                            script.sql(),
+                            writes,
+                            chunk,
+                            tag(j, r),
+                        );
+                    }
+                }
+                plans.push(rs);
+            }
+        }
+    }
+    let hit: HashSet<(i64, String)> = script
+        .run(writer)
+        .await?
+        .iter()
+        .map(|r| (r.get::<i64, _>(1), r.get::<String, _>(0)))
+        .collect();
+    Ok(jobs
+        .iter()
+        .zip(plans)
+        .enumerate()
+        .map(|(j, (job, rs))| {
+            let ids: Vec<String> = match job {
+                Job::Insert { .. } => return Vec::new(),
+                Job::Exec { updates, .. } => updates.iter().map(|u| u.id.to_string()).collect(),
+                Job::Attempts { writes, .. } => {
+                    writes.iter().map(|w| w.delivery_id.to_string()).collect()
+                }
+            };
+            let mut applied = vec![false; ids.len()];
+            for (r, round) in rs.iter().enumerate() {
+                for &i in round {
+                    applied[i] = hit.contains(&(tag(j, r), ids[i].clone()));
+                }
+            }
+            applied
+        })
+        .collect())
+}
