@@ -118,23 +118,32 @@ impl Defs {
     }
 
     fn put_flow(&mut self, f: FlowRecord) {
-        if let Some(old) = self.flows.get(&f.flow.id).cloned() {
-            if old.flow.trigger_id != f.flow.trigger_id
-                && let Some(set) = self.flows_by_trigger.get_mut(&old.flow.trigger_id)
-            {
-                set.remove(&f.flow.id);
-            }
-            if !old.flow.is_archived() {
+        let live = |r: &FlowRecord| !r.flow.is_archived();
+        let old = self.flows.get(&f.flow.id).cloned();
+        if let Some(old) = &old
+            && old.flow.trigger_id != f.flow.trigger_id
+            && let Some(set) = self.flows_by_trigger.get_mut(&old.flow.trigger_id)
+        {
+            set.remove(&f.flow.id);
+        }
+        // Most writes (edits, every enqueue's gate state) leave the flow in its bucket.
+        let same_bucket = old.as_ref().is_some_and(|old| {
+            live(old) == live(&f)
+                && old.flow.owner_id == f.flow.owner_id
+                && old.flow.agent_id == f.flow.agent_id
+        });
+        if !same_bucket {
+            if let Some(old) = old.as_ref().filter(|old| live(old)) {
                 self.uncount_live(&old.flow.owner_id, old.flow.agent_id);
             }
-        }
-        if !f.flow.is_archived() {
-            *self
-                .live_counts
-                .entry(f.flow.owner_id.clone())
-                .or_default()
-                .entry(f.flow.agent_id)
-                .or_default() += 1;
+            if live(&f) {
+                *self
+                    .live_counts
+                    .entry(f.flow.owner_id.clone())
+                    .or_default()
+                    .entry(f.flow.agent_id)
+                    .or_default() += 1;
+            }
         }
         self.flows_by_trigger
             .entry(f.flow.trigger_id)
