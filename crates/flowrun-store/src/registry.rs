@@ -32,6 +32,9 @@ pub struct Defs {
     flows_by_trigger: HashMap<Uuid, std::collections::BTreeSet<Uuid>>,
     /// Event trigger ids by event type, so routing an event never scans every trigger.
     triggers_by_event_type: HashMap<String, std::collections::BTreeSet<Uuid>>,
+    /// Non-archived flows per owner and agent bucket, so a capacity check on every create
+    /// never scans every flow.
+    live_counts: HashMap<String, HashMap<Option<Uuid>, usize>>,
 }
 
 impl Defs {
@@ -105,18 +108,63 @@ impl Defs {
         }
     }
 
+    /// Non-archived flows of this owner in this agent bucket (`None` = unassigned).
+    pub fn live_flow_count(&self, owner: &str, agent: Option<Uuid>) -> usize {
+        self.live_counts
+            .get(owner)
+            .and_then(|by_agent| by_agent.get(&agent))
+            .copied()
+            .unwrap_or(0)
+    }
+
     fn put_flow(&mut self, f: FlowRecord) {
-        if let Some(old) = self.flows.get(&f.flow.id)
+        let live = |r: &FlowRecord| !r.flow.is_archived();
+        let old = self.flows.get(&f.flow.id).cloned();
+        if let Some(old) = &old
             && old.flow.trigger_id != f.flow.trigger_id
             && let Some(set) = self.flows_by_trigger.get_mut(&old.flow.trigger_id)
         {
             set.remove(&f.flow.id);
+        }
+        // Most writes (edits, every enqueue's gate state) leave the flow in its bucket.
+        let same_bucket = old.as_ref().is_some_and(|old| {
+            live(old) == live(&f)
+                && old.flow.owner_id == f.flow.owner_id
+                && old.flow.agent_id == f.flow.agent_id
+        });
+        if !same_bucket {
+            if let Some(old) = old.as_ref().filter(|old| live(old)) {
+                self.uncount_live(&old.flow.owner_id, old.flow.agent_id);
+            }
+            if live(&f) {
+                *self
+                    .live_counts
+                    .entry(f.flow.owner_id.clone())
+                    .or_default()
+                    .entry(f.flow.agent_id)
+                    .or_default() += 1;
+            }
         }
         self.flows_by_trigger
             .entry(f.flow.trigger_id)
             .or_default()
             .insert(f.flow.id);
         self.flows.insert(f.flow.id, Arc::new(f));
+    }
+
+    fn uncount_live(&mut self, owner: &str, agent: Option<Uuid>) {
+        let Some(by_agent) = self.live_counts.get_mut(owner) else {
+            return;
+        };
+        if let Some(n) = by_agent.get_mut(&agent) {
+            *n -= 1;
+            if *n == 0 {
+                by_agent.remove(&agent);
+            }
+        }
+        if by_agent.is_empty() {
+            self.live_counts.remove(owner);
+        }
     }
 
     /// Non-archived flows of this owner.
@@ -286,6 +334,7 @@ async fn load_defs(store: &dyn Store) -> Result<Defs> {
         devices: load_kind(store, DocKind::Device, |d: &Device| d.id).await?,
         flows_by_trigger: HashMap::new(),
         triggers_by_event_type: HashMap::new(),
+        live_counts: HashMap::new(),
     };
     let triggers = load_kind(store, DocKind::Trigger, |t: &Trigger| t.id).await?;
     for (_, t) in triggers {
@@ -337,4 +386,69 @@ async fn load_kind<T: DeserializeOwned>(
         out.insert(id_of(&v), Arc::new(v));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(id: u128, owner: &str, agent: Option<Uuid>, lifecycle: &str) -> FlowRecord {
+        serde_json::from_value(serde_json::json!({
+            "flow": {
+                "id": Uuid::from_u128(id), "name": "f", "description": null,
+                "triggerId": Uuid::from_u128(1000), "deviceIds": [], "agentId": agent,
+                "lifecycleStatus": lifecycle, "enabled": lifecycle == "enabled",
+                "archivedAt": null, "status": "healthy", "consecutiveFailures": 0,
+                "lastFailureAt": null, "lastFailureCode": null, "blockedAt": null,
+                "lastTriggeredAt": null, "healthMonitoringEnabled": true,
+                "selfHealingEnabled": false, "selfHealingMaxAttempts": 3,
+                "cooldownSeconds": null, "cooldownScope": "flow", "notifyOnSuccess": false,
+                "notifyOnFailure": false, "notifyWebhookId": null,
+                "recordingPolicy": {"mode": "off"}, "recordingEnabled": false,
+                "delivery": null, "templateResolutionVersion": 3, "ownerId": owner,
+                "createdBy": null, "userId": owner,
+                "createdAt": "2026-01-01T00:00:00.000Z", "updatedAt": "2026-01-01T00:00:00.000Z"
+            },
+            "nodes": []
+        }))
+        .expect("flow record")
+    }
+
+    #[test]
+    fn live_flow_counts_follow_archiving_and_agent_changes() {
+        let agent = Some(Uuid::from_u128(7));
+        let mut defs = Defs::default();
+        defs.put_flow(flow(1, "a", None, "enabled"));
+        defs.put_flow(flow(2, "a", None, "disabled"));
+        defs.put_flow(flow(3, "b", None, "enabled"));
+        defs.put_flow(flow(4, "a", agent, "enabled"));
+        assert_eq!(defs.live_flow_count("a", None), 2);
+        assert_eq!(defs.live_flow_count("a", agent), 1);
+        assert_eq!(defs.live_flow_count("b", None), 1);
+
+        // Writing the same flow again counts it once.
+        defs.put_flow(flow(1, "a", None, "enabled"));
+        assert_eq!(defs.live_flow_count("a", None), 2);
+
+        defs.put_flow(flow(2, "a", None, "archived"));
+        assert_eq!(defs.live_flow_count("a", None), 1);
+        // An archived flow stays archived; rewriting it does not count it again.
+        defs.put_flow(flow(2, "a", None, "archived"));
+        assert_eq!(defs.live_flow_count("a", None), 1);
+
+        // A flow moved to another bucket leaves the old one.
+        defs.put_flow(flow(4, "a", None, "enabled"));
+        assert_eq!(defs.live_flow_count("a", agent), 0);
+        assert_eq!(defs.live_flow_count("a", None), 2);
+
+        for id in [1, 3, 4] {
+            let owner = if id == 3 { "b" } else { "a" };
+            defs.put_flow(flow(id, owner, None, "archived"));
+        }
+        assert_eq!(defs.live_flow_count("a", None), 0);
+        assert_eq!(defs.live_flow_count("b", None), 0);
+        assert!(defs.live_counts.is_empty());
+        let counted = |owner: &str| defs.live_flows(owner).count();
+        assert_eq!((counted("a"), counted("b")), (0, 0));
+    }
 }

@@ -104,10 +104,7 @@ pub(crate) fn live_flow(defs: &Defs, caller: &Caller, raw: &str) -> ApiResult<Fl
 }
 
 fn capacity(app: &App, defs: &Defs, owner: &str, agent: Option<Uuid>) -> Capacity {
-    let used = defs
-        .live_flows(owner)
-        .filter(|f| f.flow.agent_id == agent)
-        .count() as i64;
+    let used = i64::try_from(defs.live_flow_count(owner, agent)).unwrap_or(i64::MAX);
     match app.config.routine_limit {
         None => Capacity {
             included: UNLIMITED,
