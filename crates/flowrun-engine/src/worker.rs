@@ -61,6 +61,7 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut rx: mpsc::UnboundedRecei
                 Err(_) => break,
             }
         }
+        drop_superseded(&mut updates, &mut replies);
         // A failed batch changed nothing (one transaction); a transient failure is retried so
         // that runs do not stop and wait for their lease to expire.
         let mut attempt = 0;
@@ -85,6 +86,33 @@ pub(crate) async fn run_writer(shared: Arc<Shared>, mut rx: mpsc::UnboundedRecei
             }
         }
     }
+}
+
+/// Drops progress writes nobody waits for that a later write of the same run in the batch
+/// supersedes: every write carries the whole state under the same fence, so the later one
+/// applies exactly when the earlier would have (e.g. a step's `running` mark and its
+/// completion, queued together when the step was quick).
+fn drop_superseded(
+    updates: &mut Vec<ExecUpdate>,
+    replies: &mut Vec<Option<oneshot::Sender<bool>>>,
+) {
+    let mut later = std::collections::HashSet::new();
+    let mut keep = vec![true; updates.len()];
+    for i in (0..updates.len()).rev() {
+        let u = &updates[i];
+        let superseded = later.contains(&(u.id, u.attempt));
+        if superseded && u.status.is_none() && u.deliveries.is_empty() && replies[i].is_none() {
+            keep[i] = false;
+        }
+        later.insert((u.id, u.attempt));
+    }
+    if keep.iter().all(|k| *k) {
+        return;
+    }
+    let mut flags = keep.iter();
+    updates.retain(|_| *flags.next().unwrap_or(&true));
+    let mut flags = keep.iter();
+    replies.retain(|_| *flags.next().unwrap_or(&true));
 }
 
 /// Reclaims rows of lost workers (expired leases, or at start every row of an earlier
@@ -1486,4 +1514,44 @@ fn hard_timeout(method: &str, params: &Value) -> Duration {
         "agent.run" => secs("timeoutSeconds", 900) + 60,
         _ => 60,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(id: u128, attempt: i32, status: Option<&str>, state: &str) -> ExecUpdate {
+        ExecUpdate {
+            id: Uuid::from_u128(id),
+            lease_owner: "node".into(),
+            attempt,
+            status: status.map(str::to_string),
+            error: None,
+            finished_at: None,
+            clear_started: false,
+            state: state.into(),
+            search_text: None,
+            deliveries: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_unawaited_progress_writes_with_a_later_write_are_dropped() {
+        let (tx, _rx) = oneshot::channel();
+        let mut updates = vec![
+            update(1, 0, None, "1a"), // superseded by 1b: dropped
+            update(2, 0, None, "2a"), // awaited: kept
+            update(1, 0, None, "1b"), // superseded by the terminal write: dropped
+            update(3, 0, None, "3a"), // other attempt than 3b: kept
+            update(2, 0, None, "2b"), // last of its run: kept
+            update(1, 0, Some("success"), "1c"),
+            update(3, 1, None, "3b"),
+        ];
+        let mut replies: Vec<Option<oneshot::Sender<bool>>> =
+            vec![None, Some(tx), None, None, None, None, None];
+        drop_superseded(&mut updates, &mut replies);
+        let states: Vec<&str> = updates.iter().map(|u| u.state.as_str()).collect();
+        assert_eq!(states, ["2a", "3a", "2b", "1c", "3b"]);
+        assert!(replies[0].is_some() && replies[1..].iter().all(Option::is_none));
+    }
 }

@@ -33,6 +33,9 @@ impl SqliteStore {
             // FULL: a commit is on disk when it returns (accepted input is never lost).
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
+            // Room for the group commit's script shapes (see sqlite_batch) besides the
+            // ordinary statements.
+            .statement_cache_capacity(400)
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)

@@ -42,12 +42,9 @@ impl<'a> Script<'a> {
     pub(crate) async fn run(mut self, writer: &SqlitePool) -> Result<Vec<SqliteRow>> {
         self.qb.push("COMMIT;");
         let mut conn = writer.acquire().await?;
-        let result = self
-            .qb
-            .build()
-            .persistent(false)
-            .fetch_all(&mut *conn)
-            .await;
+        // Kept prepared: under a steady load the same shapes (kinds and row counts) come back,
+        // and parsing a multi-row script costs about as much as running it.
+        let result = self.qb.build().persistent(true).fetch_all(&mut *conn).await;
         match result {
             Ok(rows) => Ok(rows),
             Err(e) => {
