@@ -16,7 +16,7 @@ use axum::extract::State;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::{Target, summary};
+use crate::{ProcCost, Target, load_average, summary};
 
 /// Completion signals of the runs in flight, by sequence number.
 #[derive(Default)]
@@ -91,6 +91,13 @@ pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<
         let warmup = Duration::from_millis(500);
         let measured = Duration::from_secs_f64(seconds);
         let start = Instant::now();
+        let server_pid = t.server_pid();
+        let cost_sampler = tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            let before = server_pid.and_then(ProcCost::read);
+            tokio::time::sleep(measured).await;
+            before.zip(server_pid.and_then(ProcCost::read))
+        });
         let mut tasks = Vec::new();
         for _ in 0..clients {
             let (t, sink, seq, fire_url) = (t.clone(), sink.clone(), seq.clone(), fire_url.clone());
@@ -130,12 +137,26 @@ pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<
         for task in tasks {
             all.extend(task.await??);
         }
-        let rate = all.len() as f64 / measured.as_secs_f64();
+        let runs = all.len();
+        let rate = runs as f64 / measured.as_secs_f64();
         println!("  c={clients}: {rate:.0} runs/s");
         println!(
             "  c={clients} e2e latency (fire sent → third request at the sink): {}",
             summary(all)
         );
+        if let Ok(Some((before, after))) = cost_sampler.await {
+            let n = runs.max(1) as f64;
+            println!(
+                "  c={clients} server cost per run: {:.0} µs CPU, {:.1} context switches \
+                 (load average {})",
+                (after.cpu_ms - before.cpu_ms) * 1000.0 / n,
+                ((after.voluntary_switches + after.involuntary_switches)
+                    - (before.voluntary_switches + before.involuntary_switches))
+                    as f64
+                    / n,
+                load_average()
+            );
+        }
     }
     println!(
         "  sink received {} requests",

@@ -92,7 +92,7 @@ impl Default for WebhookConfig {
             block_after_dead: 50,
             block_after_failing: Duration::from_secs(24 * 3600),
             claim_lease: Duration::from_secs(60),
-            concurrency: 32,
+            concurrency: 128,
             exclusive_store: false,
         }
     }
