@@ -61,10 +61,15 @@ pub async fn create_key(
     Ok(key)
 }
 
-/// Verified keys by hash, plus the statically configured one.
+/// Verified keys by the bytes of their SHA-256 (the hex form is only for the database), plus
+/// the statically configured one.
 #[derive(Default)]
 pub struct KeyCache {
-    known: RwLock<HashMap<String, Caller>>,
+    known: RwLock<HashMap<[u8; 32], Caller>>,
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 impl KeyCache {
@@ -73,7 +78,7 @@ impl KeyCache {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(
-                hash_key(key),
+                digest(key),
                 Caller {
                     owner_id: owner.to_string(),
                     actor_id: owner.to_string(),
@@ -82,19 +87,19 @@ impl KeyCache {
     }
 
     async fn resolve(&self, store: &dyn Store, key: &str) -> Result<Option<Caller>, ApiError> {
-        let hash = hash_key(key);
+        let digest = digest(key);
         if let Some(c) = self
             .known
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&hash)
+            .get(&digest)
         {
             return Ok(Some(c.clone()));
         }
         if !well_formed(key) {
             return Ok(None);
         }
-        let Some(rec) = store.find_api_key(&hash).await? else {
+        let Some(rec) = store.find_api_key(&hex::encode(digest)).await? else {
             return Ok(None);
         };
         if rec.revoked {
@@ -107,26 +112,28 @@ impl KeyCache {
         self.known
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(hash, caller.clone());
+            .insert(digest, caller.clone());
         Ok(Some(caller))
     }
 }
 
 /// Middleware: resolves the bearer key to a [`Caller`] extension, else 401.
 pub async fn require_key(State(app): State<App>, mut req: Request, next: Next) -> Response {
-    let key = req
-        .headers()
-        .get(header::AUTHORIZATION)
+    // A clone of the header shares its bytes (no copy), and the future holds no borrow of the
+    // request across the lookup.
+    let authorization = req.headers().get(header::AUTHORIZATION).cloned();
+    let key = authorization
+        .as_ref()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, rest) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        })
-        .map(str::to_string);
+        });
     let Some(key) = key else {
         return axum::response::IntoResponse::into_response(ApiError::unauthorized());
     };
-    match app.keys.resolve(&*app.store, &key).await {
+    let resolved = app.keys.resolve(&*app.store, key).await;
+    match resolved {
         Ok(Some(caller)) => {
             req.extensions_mut().insert(caller);
             next.run(req).await

@@ -13,7 +13,14 @@ pub struct JsonBody(pub Value);
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(mut req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // Already parsed by the idempotency layer (from this same body) for its fingerprint.
+        if let Some(parsed) = req
+            .extensions_mut()
+            .remove::<crate::idempotency::ParsedBody>()
+        {
+            return Ok(JsonBody(parsed.0));
+        }
         let limit = req
             .extensions()
             .get::<crate::BodyLimit>()

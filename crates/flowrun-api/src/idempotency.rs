@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use flowrun_core::model::Caller;
-use flowrun_store::{IdemBegin, IdemScope, StoredResponse, canonical_json};
+use flowrun_store::{IdemBegin, IdemScope, StoredResponse, write_canonical};
 use sha2::{Digest, Sha256};
 
 use crate::App;
@@ -67,26 +67,41 @@ fn is_ingest(method: &Method, route: &str) -> bool {
     method == Method::POST && route == "/events/ingest"
 }
 
-fn fingerprint(body: &[u8], query: Option<&str>) -> String {
-    let canonical = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        "{}".to_string()
+/// The request body parsed once, by the idempotency layer for the fingerprint, and handed to
+/// the body extractor so it does not parse the same bytes again.
+#[derive(Clone)]
+pub(crate) struct ParsedBody(pub serde_json::Value);
+
+/// The body as JSON: `{}` for an empty body, `None` when it is not JSON.
+fn parse_body(body: &[u8]) -> Option<serde_json::Value> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        Some(serde_json::Value::Object(Default::default()))
     } else {
-        match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(v) => canonical_json(&v),
-            Err(_) => String::from_utf8_lossy(body).into_owned(),
-        }
-    };
-    let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    pairs.sort();
-    let q = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish();
+        serde_json::from_slice(body).ok()
+    }
+}
+
+/// SHA-256 of the canonical JSON body (`parsed`, or the raw bytes when they are not JSON) and
+/// the sorted query.
+fn fingerprint(body: &[u8], parsed: Option<&serde_json::Value>, query: Option<&str>) -> String {
+    let mut canonical = Vec::with_capacity(body.len());
+    match parsed {
+        Some(v) => write_canonical(v, &mut canonical),
+        None => canonical.extend_from_slice(String::from_utf8_lossy(body).as_bytes()),
+    }
     let mut h = Sha256::new();
-    h.update(canonical.as_bytes());
+    h.update(&canonical);
     h.update(b"\n");
-    h.update(q.as_bytes());
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        pairs.sort();
+        let q = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        h.update(q.as_bytes());
+    }
     hex::encode(h.finalize())
 }
 
@@ -122,7 +137,8 @@ pub async fn idempotency(State(app): State<App>, req: Request, next: Next) -> Re
         Ok(b) => b,
         Err(_) => return ApiError::payload_too_large(app.config.body_limit).into_response(),
     };
-    let fp = fingerprint(&bytes, query.as_deref());
+    let parsed = parse_body(&bytes);
+    let fp = fingerprint(&bytes, parsed.as_ref(), query.as_deref());
     let scope = IdemScope {
         owner_id: caller.owner_id,
         method: method.to_string(),
@@ -132,6 +148,9 @@ pub async fn idempotency(State(app): State<App>, req: Request, next: Next) -> Re
     if is_ingest(&method, &scope.route) {
         // The key record is written with the event, in its group commit.
         let mut req = Request::from_parts(parts, Body::from(bytes));
+        if let Some(v) = parsed {
+            req.extensions_mut().insert(ParsedBody(v));
+        }
         req.extensions_mut().insert(flowrun_engine::IngestKey {
             scope,
             fingerprint: fp,
@@ -145,7 +164,10 @@ pub async fn idempotency(State(app): State<App>, req: Request, next: Next) -> Re
         Err(e) => return ApiError::from(e).into_response(),
     };
     let fire = is_fire(&method, &route);
-    let req = Request::from_parts(parts, Body::from(bytes));
+    let mut req = Request::from_parts(parts, Body::from(bytes));
+    if let Some(v) = parsed {
+        req.extensions_mut().insert(ParsedBody(v));
+    }
     match begin {
         IdemBegin::Mismatch => key_reused(),
         IdemBegin::InProgress if !fire => in_progress(),
@@ -252,10 +274,18 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_key_order_and_whitespace() {
-        let a = fingerprint(br#"{"a":1,"b":[1,2]}"#, Some("y=2&x=1"));
-        let b = fingerprint(b"{ \"b\": [1, 2], \"a\": 1 }", Some("x=1&y=2"));
+        let fp = |body: &[u8], query| fingerprint(body, parse_body(body).as_ref(), query);
+        let a = fp(br#"{"a":1,"b":[1,2]}"#, Some("y=2&x=1"));
+        let b = fp(b"{ \"b\": [1, 2], \"a\": 1 }", Some("x=1&y=2"));
         assert_eq!(a, b);
-        assert_eq!(fingerprint(b"", None), fingerprint(b"{}", None));
-        assert_ne!(a, fingerprint(br#"{"a":2}"#, None));
+        assert_eq!(fp(b"", None), fp(b"{}", None));
+        assert_eq!(fp(b"{}", None), fp(b"{}", Some("")));
+        assert_ne!(a, fp(br#"{"a":2}"#, None));
+        assert_ne!(fp(b"{", None), fp(b"{}", None));
+        // Stored fingerprints stay valid: SHA-256 of canonical body, newline, sorted query.
+        assert_eq!(
+            fp(br#"{"b":1,"a":"x"}"#, Some("z=1&y=2")),
+            hex::encode(Sha256::digest(b"{\"a\":\"x\",\"b\":1}\ny=2&z=1"))
+        );
     }
 }

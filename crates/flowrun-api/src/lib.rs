@@ -116,8 +116,9 @@ pub fn router(app: App) -> Router {
     let mut public = public;
     if app.config.metrics.is_some() {
         // Outside auth, so refused requests are counted too.
-        api = api.route_layer(from_fn(metrics::record_http));
-        public = public.route_layer(from_fn(metrics::record_http));
+        let series = metrics::HttpSeries::default();
+        api = api.route_layer(from_fn_with_state(series.clone(), metrics::record_http));
+        public = public.route_layer(from_fn_with_state(series, metrics::record_http));
     }
     let inner: Router<App> = Router::new()
         .merge(routes::ops::router(doc))
@@ -170,7 +171,9 @@ pub fn service(
 /// Gives framework-generated errors (405 with `Allow`, 413, 404 of nested routers) the spec's
 /// error body.
 async fn map_framework_errors(req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_string();
+    // The URI's parts are shared buffers: a clone copies no path.
+    let uri = req.uri().clone();
+    let path = uri.path();
     let resp = next.run(req).await;
     let is_json = resp
         .headers()
@@ -186,7 +189,7 @@ async fn map_framework_errors(req: Request, next: Next) -> Response {
             format!("Method not allowed on {path}"),
         ),
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(0),
-        StatusCode::NOT_FOUND => ApiError::route_not_found(&path),
+        StatusCode::NOT_FOUND => ApiError::route_not_found(path),
         _ => return resp,
     };
     let allow = resp.headers().get(header::ALLOW).cloned();

@@ -183,6 +183,9 @@ pub struct Engine {
     shared: Arc<Shared>,
     firings: mpsc::Sender<enqueue::EnqueueRequest>,
     ingest: mpsc::Sender<events::IngestRequest>,
+    /// `flowrun_events_ingested_total`, registered once (with the recorder installed before
+    /// start) rather than looked up again for every event.
+    ingested: metrics::Counter,
     schedules: Arc<scheduler::Scheduler>,
 }
 
@@ -242,6 +245,7 @@ impl Engine {
             shared,
             firings,
             ingest,
+            ingested: metrics::counter!("flowrun_events_ingested_total"),
             schedules,
         }))
     }
@@ -267,7 +271,7 @@ impl Engine {
             .map_err(|_| EngineError::ShuttingDown)?;
         Ok(match rx.await.map_err(|_| EngineError::ShuttingDown)?? {
             IdemBegin::New => {
-                metrics::counter!("flowrun_events_ingested_total").increment(1);
+                self.ingested.increment(1);
                 Ingested::Stored(id)
             }
             taken => Ingested::KeyTaken(taken),

@@ -4,39 +4,47 @@
 use serde_json::Value;
 
 pub fn canonical_json(v: &Value) -> String {
-    let mut out = String::new();
-    write(v, &mut out);
-    out
+    let mut out = Vec::new();
+    write_canonical(v, &mut out);
+    // Only serde_json's output and ASCII punctuation were written.
+    String::from_utf8(out).unwrap_or_default()
 }
 
-fn write(v: &Value, out: &mut String) {
+/// Appends the canonical form of `v` to `out`: strings and scalars are written by serde_json
+/// straight into the buffer, without a string of their own.
+pub fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
+            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, x)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String((*k).clone()).to_string());
-                out.push(':');
-                write(&m[k.as_str()], out);
+                scalar(k, out);
+                out.push(b':');
+                write_canonical(x, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(a) => {
-            out.push('[');
+            out.push(b'[');
             for (i, x) in a.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                write(x, out);
+                write_canonical(x, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&other.to_string()),
+        other => scalar(other, out),
     }
+}
+
+fn scalar<T: serde::Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+    // Writing a string, number, bool or null into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, v);
 }
 
 #[cfg(test)]
@@ -50,6 +58,15 @@ mod tests {
         assert_eq!(
             canonical_json(&v),
             r#"{"a":{"c":null,"d":[1.5,true]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn escapes_keys_and_strings_as_serde_json_does() {
+        let v = json!({"z\"q": "line\nbreak \u{1}", "é": [-0.5, 1e300, u64::MAX, "\\"]});
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"z\"q":"line\nbreak \u0001","é":[-0.5,1e+300,18446744073709551615,"\\"]}"#
         );
     }
 }

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use artifacts::{ArtifactRow, ArtifactStore, RepairRow};
-pub use canonical::canonical_json;
+pub use canonical::{canonical_json, write_canonical};
 pub use events::{EventKey, EventRow, EventStore, KeyedEvents};
 pub use executions::{
     AbortOutcome, ExecFilter, ExecMetrics, ExecOrder, ExecOrderBy, ExecUpdate, ExecutionRow,

@@ -44,17 +44,18 @@ pub(crate) struct EventBody {
 }
 
 /// Reads `{eventType, deviceId?, payload?}` (§3.7) and checks the payload against the
-/// catalog entry of known types.
-pub(crate) fn read_event_body(body: &Value) -> Result<EventBody, FieldErrors> {
+/// catalog entry of known types. The payload is moved out of the body, not copied.
+pub(crate) fn read_event_body(body: Value) -> Result<EventBody, FieldErrors> {
     let mut errs = FieldErrors::new();
-    let Some(o) = Obj::root(body, &mut errs) else {
+    let Some(o) = Obj::root(&body, &mut errs) else {
         return Err(errs);
     };
     let event_type = o.string("eventType", Req::Required, 1, 200, &mut errs);
     let device_id = o.uuid("deviceId", Req::Nullable, &mut errs);
+    let empty = Map::new();
     let payload = match o.object("payload", Req::Nullable, &mut errs) {
-        Field::Value(p) => p.clone(),
-        _ => Map::new(),
+        Field::Value(p) => p,
+        _ => &empty,
     };
     let event_type = match event_type {
         Field::Value(t) if t.chars().any(char::is_whitespace) => {
@@ -69,9 +70,16 @@ pub(crate) fn read_event_body(body: &Value) -> Result<EventBody, FieldErrors> {
         _ => String::new(),
     };
     if !event_type.is_empty() {
-        errs.extend(appevents::check_payload(&event_type, &payload, "payload"));
+        errs.extend(appevents::check_payload(&event_type, payload, "payload"));
     }
     errs.into_result()?;
+    let payload = match body {
+        Value::Object(mut m) => match m.swap_remove("payload") {
+            Some(Value::Object(p)) => p,
+            _ => Map::new(),
+        },
+        _ => Map::new(),
+    };
     Ok(EventBody {
         event_type,
         device_id: match device_id {
@@ -92,7 +100,7 @@ async fn ingest_event(
     key: Option<Extension<flowrun_engine::IngestKey>>,
     JsonBody(body): JsonBody,
 ) -> ApiResult<Response> {
-    let ev = read_event_body(&body).map_err(ApiError::validation)?;
+    let ev = read_event_body(body).map_err(ApiError::validation)?;
     let ingested = app
         .engine
         .ingest(
