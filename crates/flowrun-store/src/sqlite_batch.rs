@@ -200,7 +200,9 @@ fn tag(job: usize, round: usize) -> i64 {
 
 /// Splits `ids` into rounds holding each id at most once, in order (a row's writes in one
 /// round would race).
-fn rounds<K: std::hash::Hash + Eq + Copy>(ids: impl Iterator<Item = K>) -> Vec<Vec<usize>> {
+pub(crate) fn rounds<K: std::hash::Hash + Eq + Copy>(
+    ids: impl Iterator<Item = K>,
+) -> Vec<Vec<usize>> {
     let ids: Vec<K> = ids.collect();
     let mut rounds: Vec<Vec<usize>> = Vec::new();
     let mut rest: Vec<usize> = (0..ids.len()).collect();

@@ -356,70 +356,28 @@ impl WebhookStore for SqliteStore {
                 .attempts(writes.iter().map(|(w, _)| w.clone()).collect())
                 .await;
         }
-        // Health is computed from the endpoint as the transaction sees it: statement by
-        // statement, in rounds of at most one write per delivery so that a delivery's writes
-        // apply in order.
+        // Health is computed from the endpoint as the transaction sees it, so these writes
+        // run in a transaction of their own: per round (at most one write per delivery, so a
+        // delivery's writes apply in order) the script's statements, then each applied
+        // write's health.
+        let only: Vec<AttemptWrite> = writes.iter().map(|(w, _)| w.clone()).collect();
         let mut tx = self.writer.begin().await?;
         let mut applied = vec![false; writes.len()];
-        let mut rest: Vec<usize> = (0..writes.len()).collect();
-        while !rest.is_empty() {
-            let mut seen = std::collections::HashSet::new();
-            let (round, later): (Vec<usize>, Vec<usize>) = rest
-                .iter()
-                .partition(|&&i| seen.insert(writes[i].0.delivery_id));
-            rest = later;
+        for round in crate::sqlite_batch::rounds(only.iter().map(|w| w.delivery_id)) {
             let mut hit = std::collections::HashSet::new();
-            // 9 binds per row; SQLite allows 32766 variables per statement.
             for chunk in round.chunks(1000) {
-                let mut qb = QueryBuilder::<Sqlite>::new(
-                    "WITH v(id, expected, attempts, last_status_code, last_error, duration_ms, \
-                     completed_at, next_attempt_at, status) AS (",
-                );
-                qb.push_values(chunk, |mut b, &i| {
-                    let w = &writes[i].0;
-                    b.push_bind(w.delivery_id.to_string())
-                        .push_bind(w.expected_attempts)
-                        .push_bind(w.attempts)
-                        .push_bind(w.last_status_code)
-                        .push_bind(&w.last_error)
-                        .push_bind(w.duration_ms)
-                        .push_bind(w.completed_at)
-                        .push_bind(w.next_attempt_at)
-                        .push_bind(&w.status);
-                });
-                qb.push(
-                    ") UPDATE webhook_deliveries SET attempts = v.attempts, \
-                     last_status_code = v.last_status_code, last_error = v.last_error, \
-                     duration_ms = v.duration_ms, \
-                     completed_at = CASE WHEN webhook_deliveries.status = 'pending' \
-                         THEN v.completed_at ELSE webhook_deliveries.completed_at END, \
-                     next_attempt_at = CASE WHEN webhook_deliveries.status = 'pending' \
-                         THEN v.next_attempt_at ELSE NULL END, \
-                     lease_owner = NULL, \
-                     status = CASE WHEN webhook_deliveries.status = 'pending' \
-                         THEN v.status ELSE webhook_deliveries.status END \
-                     FROM v WHERE webhook_deliveries.id = v.id \
-                     AND webhook_deliveries.attempts = v.expected \
-                     RETURNING webhook_deliveries.id",
-                );
+                let mut qb = QueryBuilder::<Sqlite>::new("");
+                push_attempts(&mut qb, &only, chunk, 0);
                 for r in qb.build().fetch_all(&mut *tx).await? {
                     hit.insert(r.get::<String, _>(0));
                 }
             }
-            let done: Vec<usize> = round
-                .into_iter()
-                .filter(|&i| hit.contains(&writes[i].0.delivery_id.to_string()))
-                .collect();
-            let attempts: Vec<&AttemptRow> = done
-                .iter()
-                .filter_map(|&i| writes[i].0.attempt.as_ref())
-                .collect();
-            insert_attempts_in(&mut tx, &attempts).await?;
-            for &i in &done {
-                applied[i] = true;
-                let (w, health) = &writes[i];
-                if let Some(f) = health {
-                    apply_health(&mut tx, w.endpoint_id, *f).await?;
+            for i in round {
+                if hit.contains(&only[i].delivery_id.to_string()) {
+                    applied[i] = true;
+                    if let Some(f) = writes[i].1 {
+                        apply_health(&mut tx, only[i].endpoint_id, f).await?;
+                    }
                 }
             }
         }
@@ -504,33 +462,6 @@ pub(crate) async fn insert_deliveries_in(
             "INSERT INTO webhook_deliveries ({DELIVERY_COLS}) "
         ));
         qb.push_values(chunk, |mut b, d| bind_delivery(&mut b, d));
-        qb.build().execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// Inserts attempt rows on `conn`, many per statement (an attempt already recorded stays).
-async fn insert_attempts_in(conn: &mut SqliteConnection, rows: &[&AttemptRow]) -> Result<()> {
-    // 13 binds per row; SQLite allows 32766 variables per statement.
-    for chunk in rows.chunks(1000) {
-        let mut qb =
-            QueryBuilder::<Sqlite>::new(format!("INSERT INTO webhook_attempts ({ATTEMPT_COLS}) "));
-        qb.push_values(chunk, |mut b, a| {
-            b.push_bind(a.delivery_id.to_string())
-                .push_bind(a.attempt_no)
-                .push_bind(a.sent_at)
-                .push_bind(&a.request_url)
-                .push_bind(&a.request_method)
-                .push_bind(&a.request_headers)
-                .push_bind(&a.request_body)
-                .push_bind(a.signed)
-                .push_bind(a.response_status)
-                .push_bind(&a.response_headers)
-                .push_bind(&a.response_snippet)
-                .push_bind(a.duration_ms)
-                .push_bind(&a.error);
-        });
-        qb.push(" ON CONFLICT DO NOTHING");
         qb.build().execute(&mut *conn).await?;
     }
     Ok(())
