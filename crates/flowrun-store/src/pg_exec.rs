@@ -460,44 +460,79 @@ impl ExecutionStore for PgStore {
     }
 
     async fn apply_exec_updates(&self, updates: &[ExecUpdate]) -> Result<Vec<bool>> {
+        // A few multi-row statements per round (a round holds at most one update per row, so
+        // a row's writes apply in order) instead of one round trip per update.
         let mut tx = self.writer.begin().await?;
-        // Rows are locked in id order (a stable sort keeps a row's own writes in order), as
-        // in lease renewal, so concurrent batches and renewals cannot deadlock.
-        let mut order: Vec<usize> = (0..updates.len()).collect();
-        order.sort_by_key(|&i| updates[i].id);
         let mut applied = vec![false; updates.len()];
         let mut notify_deliveries = false;
-        for i in order {
-            let u = &updates[i];
-            let n = match u.status.as_deref().filter(|s| is_terminal(s)) {
-                Some(status) => sqlx::query(
-                    "UPDATE executions SET status = $1, error = $2, finished_at = $3, state = $4, \
-                     search_text = COALESCE($5, search_text), \
-                     started_at = CASE WHEN $6 THEN NULL ELSE started_at END, \
-                     lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE id = $7 AND status = 'running' AND lease_owner = $8 AND attempt = $9",
-                )
-                .bind(status)
-                .bind(&u.error)
-                .bind(u.finished_at)
-                .bind(&u.state)
-                .bind(&u.search_text)
-                .bind(u.clear_started),
-                // A progress write (a non-terminal status is one too: the row stays running).
-                None => sqlx::query(
-                    "UPDATE executions SET state = $1 \
-                     WHERE id = $2 AND status = 'running' AND lease_owner = $3 AND attempt = $4",
-                )
-                .bind(&u.state),
+        for round in crate::sqlite_batch::rounds(updates.iter().map(|u| u.id)) {
+            // Rows are locked in id order first, as in lease renewal, so concurrent batches
+            // and renewals cannot deadlock.
+            let ids: Vec<String> = round.iter().map(|&i| updates[i].id.to_string()).collect();
+            sqlx::query("SELECT id FROM executions WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+            let (terminal, progress): (Vec<usize>, Vec<usize>) = round
+                .iter()
+                .partition(|&&i| updates[i].status.as_deref().is_some_and(is_terminal));
+            let mut hit = std::collections::HashSet::new();
+            // 9 binds per update; PostgreSQL allows 65535 per statement.
+            for chunk in terminal.chunks(1000) {
+                let mut qb = QueryBuilder::<Postgres>::new(
+                    "UPDATE executions e SET status = v.status, error = v.error, \
+                     finished_at = v.finished_at, state = v.state, \
+                     search_text = COALESCE(v.search_text, e.search_text), \
+                     started_at = CASE WHEN v.clear_started THEN NULL ELSE e.started_at END, \
+                     lease_owner = NULL, lease_expires_at = NULL FROM (",
+                );
+                qb.push_values(chunk, |mut b, &i| {
+                    let u = &updates[i];
+                    b.push_bind(u.id.to_string())
+                        .push_bind(&u.lease_owner)
+                        .push_bind(u.attempt)
+                        .push_bind(&u.status)
+                        .push_bind(&u.error)
+                        .push_bind(u.finished_at)
+                        .push_bind(&u.state)
+                        .push_bind(&u.search_text)
+                        .push_bind(u.clear_started);
+                });
+                qb.push(
+                    ") AS v(id, owner, attempt, status, error, finished_at, state, search_text, \
+                     clear_started) WHERE e.id = v.id AND e.status = 'running' \
+                     AND e.lease_owner = v.owner AND e.attempt = v.attempt RETURNING e.id",
+                );
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    hit.insert(r.get::<String, _>(0));
+                }
             }
-            .bind(u.id.to_string())
-            .bind(&u.lease_owner)
-            .bind(u.attempt)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            applied[i] = n == 1;
-            if n == 1 {
+            // A progress write (a non-terminal status is one too: the row stays running).
+            for chunk in progress.chunks(1000) {
+                let mut qb =
+                    QueryBuilder::<Postgres>::new("UPDATE executions e SET state = v.state FROM (");
+                qb.push_values(chunk, |mut b, &i| {
+                    let u = &updates[i];
+                    b.push_bind(u.id.to_string())
+                        .push_bind(&u.lease_owner)
+                        .push_bind(u.attempt)
+                        .push_bind(&u.state);
+                });
+                qb.push(
+                    ") AS v(id, owner, attempt, state) WHERE e.id = v.id \
+                     AND e.status = 'running' AND e.lease_owner = v.owner \
+                     AND e.attempt = v.attempt RETURNING e.id",
+                );
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    hit.insert(r.get::<String, _>(0));
+                }
+            }
+            for i in round {
+                let u = &updates[i];
+                if !hit.contains(&u.id.to_string()) {
+                    continue;
+                }
+                applied[i] = true;
                 for d in &u.deliveries {
                     crate::pg_webhooks::insert_delivery_in(&mut tx, d).await?;
                     // Rows this node did not lease are for any node's delivery worker.
