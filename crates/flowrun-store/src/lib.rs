@@ -71,6 +71,24 @@ pub enum StoreError {
     Closed,
 }
 
+/// Splits a batch's row ids into rounds holding each id at most once, in order: a row's writes
+/// within one multi-row statement would race, across rounds they apply in order.
+pub(crate) fn write_rounds<K: std::hash::Hash + Eq + Copy>(
+    ids: impl Iterator<Item = K>,
+) -> Vec<Vec<usize>> {
+    let ids: Vec<K> = ids.collect();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    let mut rest: Vec<usize> = (0..ids.len()).collect();
+    while !rest.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let (round, later): (Vec<usize>, Vec<usize>) =
+            rest.iter().partition(|&&i| seen.insert(ids[i]));
+        rest = later;
+        rounds.push(round);
+    }
+    rounds
+}
+
 /// A change committed by another node, heard through the store (PostgreSQL `LISTEN`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Signal {
@@ -311,5 +329,14 @@ pub(crate) fn decide_existing(
         }),
         ("done", None) => IdemBegin::Seen,
         _ => IdemBegin::InProgress,
+    }
+}
+
+#[cfg(test)]
+mod write_rounds_tests {
+    #[test]
+    fn each_round_holds_an_id_once_and_keeps_order() {
+        let rounds = super::write_rounds(["a", "b", "a", "c", "a", "b"].into_iter());
+        assert_eq!(rounds, vec![vec![0, 1, 3], vec![2, 5], vec![4]]);
     }
 }

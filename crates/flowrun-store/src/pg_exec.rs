@@ -465,7 +465,7 @@ impl ExecutionStore for PgStore {
         let mut tx = self.writer.begin().await?;
         let mut applied = vec![false; updates.len()];
         let mut notify_deliveries = false;
-        for round in crate::sqlite_batch::rounds(updates.iter().map(|u| u.id)) {
+        for round in crate::write_rounds(updates.iter().map(|u| u.id)) {
             // Rows are locked in id order first, as in lease renewal, so concurrent batches
             // and renewals cannot deadlock.
             let ids: Vec<String> = round.iter().map(|&i| updates[i].id.to_string()).collect();

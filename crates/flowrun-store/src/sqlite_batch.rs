@@ -198,24 +198,6 @@ fn tag(job: usize, round: usize) -> i64 {
     ((job as i64) << 20) | round as i64
 }
 
-/// Splits `ids` into rounds holding each id at most once, in order (a row's writes in one
-/// round would race).
-pub(crate) fn rounds<K: std::hash::Hash + Eq + Copy>(
-    ids: impl Iterator<Item = K>,
-) -> Vec<Vec<usize>> {
-    let ids: Vec<K> = ids.collect();
-    let mut rounds: Vec<Vec<usize>> = Vec::new();
-    let mut rest: Vec<usize> = (0..ids.len()).collect();
-    while !rest.is_empty() {
-        let mut seen = HashSet::new();
-        let (round, later): (Vec<usize>, Vec<usize>) =
-            rest.iter().partition(|&&i| seen.insert(ids[i]));
-        rest = later;
-        rounds.push(round);
-    }
-    rounds
-}
-
 /// Runs jobs in one script; returns each job's applied flags (empty for an insert).
 async fn run_jobs(writer: &SqlitePool, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
     let mut script = Script::new();
@@ -237,7 +219,7 @@ async fn run_jobs(writer: &SqlitePool, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
                 plans.push(Vec::new());
             }
             Job::Exec { updates, .. } => {
-                let rs = rounds(updates.iter().map(|u| u.id));
+                let rs = crate::write_rounds(updates.iter().map(|u| u.id));
                 for (r, round) in rs.iter().enumerate() {
                     // 9 binds per update, 22 per delivery; SQLite allows 32766 per statement.
                     for chunk in round.chunks(300) {
@@ -252,7 +234,7 @@ async fn run_jobs(writer: &SqlitePool, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
                 plans.push(rs);
             }
             Job::Attempts { writes, .. } => {
-                let rs = rounds(writes.iter().map(|w| w.delivery_id));
+                let rs = crate::write_rounds(writes.iter().map(|w| w.delivery_id));
                 for (r, round) in rs.iter().enumerate() {
                     for chunk in round.chunks(1000) {
                         crate::sqlite_webhooks::push_attempts(

@@ -363,7 +363,7 @@ impl WebhookStore for SqliteStore {
         let only: Vec<AttemptWrite> = writes.iter().map(|(w, _)| w.clone()).collect();
         let mut tx = self.writer.begin().await?;
         let mut applied = vec![false; writes.len()];
-        for round in crate::sqlite_batch::rounds(only.iter().map(|w| w.delivery_id)) {
+        for round in crate::write_rounds(only.iter().map(|w| w.delivery_id)) {
             let mut hit = std::collections::HashSet::new();
             for chunk in round.chunks(1000) {
                 let mut qb = QueryBuilder::<Sqlite>::new("");
