@@ -685,8 +685,15 @@ impl Run {
                     }
                 }
             }
-            // Commit the step before the next one starts (a committed step never re-runs).
-            if i + 1 < total && failed.is_none() && !self.save(true).await {
+            // Commit the step before the next one starts (a committed step never re-runs),
+            // unless the next one only stages its effect too: steps whose effects are held
+            // until their commit may run again after a crash without anyone noticing, so a
+            // chain of them commits once, with all its effects, when it ends.
+            let next_stages = snap
+                .steps
+                .get(i + 1)
+                .is_some_and(|next| stages_only(&next.method) && stages_only(&step.method));
+            if i + 1 < total && failed.is_none() && !next_stages && !self.save(true).await {
                 return;
             }
         }
@@ -1498,6 +1505,12 @@ fn collect_paths(node: &Value, out: &mut Vec<String>) {
         Value::Array(items) => items.iter().for_each(|i| collect_paths(i, out)),
         _ => {}
     }
+}
+
+/// Whether a method's only effect outside the run is staged (see [`Staged`]): it takes no
+/// time and reaches the world only after its step commits.
+fn stages_only(method: &str) -> bool {
+    method == "webhooks.send"
 }
 
 /// Longest wait for a `captureScreenshots` capture.

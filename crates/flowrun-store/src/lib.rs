@@ -71,6 +71,14 @@ pub enum StoreError {
     Closed,
 }
 
+/// `cols` (comma-separated) each prefixed with `prefix`.
+pub(crate) fn prefixed(prefix: &str, cols: &str) -> String {
+    cols.split(',')
+        .map(|c| format!("{prefix}{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Splits a batch's row ids into rounds holding each id at most once, in order: a row's writes
 /// within one multi-row statement would race, across rounds they apply in order.
 pub(crate) fn write_rounds<K: std::hash::Hash + Eq + Copy>(

@@ -464,7 +464,7 @@ impl ExecutionStore for PgStore {
         // a row's writes apply in order) instead of one round trip per update.
         let mut tx = self.writer.begin().await?;
         let mut applied = vec![false; updates.len()];
-        let mut notify_deliveries = false;
+        let mut deliveries = Vec::new();
         for round in crate::write_rounds(updates.iter().map(|u| u.id)) {
             // Rows are locked in id order first, as in lease renewal, so concurrent batches
             // and renewals cannot deadlock.
@@ -528,18 +528,18 @@ impl ExecutionStore for PgStore {
                 }
             }
             for i in round {
-                let u = &updates[i];
-                if !hit.contains(&u.id.to_string()) {
-                    continue;
-                }
-                applied[i] = true;
-                for d in &u.deliveries {
-                    crate::pg_webhooks::insert_delivery_in(&mut tx, d).await?;
-                    // Rows this node did not lease are for any node's delivery worker.
-                    notify_deliveries |= d.status == "pending" && d.lease_owner.is_none();
+                if hit.contains(&updates[i].id.to_string()) {
+                    applied[i] = true;
+                    deliveries.extend(&updates[i].deliveries);
                 }
             }
         }
+        // The staged deliveries of the writes that applied, a few statements for all.
+        crate::pg_webhooks::insert_deliveries_in(&mut tx, &deliveries).await?;
+        // Rows this node did not lease are for any node's delivery worker.
+        let notify_deliveries = deliveries
+            .iter()
+            .any(|d| d.status == "pending" && d.lease_owner.is_none());
         if notify_deliveries {
             notify(&mut tx, crate::pg_notify::DELIVERIES, "").await?;
         }

@@ -354,13 +354,39 @@ impl WebhookStore for PgStore {
         writes: &[(AttemptWrite, Option<HealthFn<'_>>)],
     ) -> Result<Vec<bool>> {
         let mut tx = self.writer.begin().await?;
-        // Endpoint rows are locked in id order, so batches of several nodes cannot deadlock.
-        let mut order: Vec<usize> = (0..writes.len()).collect();
-        order.sort_by_key(|&i| writes[i].0.endpoint_id);
         let mut applied = vec![false; writes.len()];
-        for i in order {
-            let (w, health) = &writes[i];
-            applied[i] = finish_attempt_in(&mut tx, w, *health).await?;
+        // A round holds at most one write per delivery, so a delivery's writes apply in order.
+        for round in crate::write_rounds(writes.iter().map(|(w, _)| w.delivery_id)) {
+            let (mut with_health, plain): (Vec<usize>, Vec<usize>) =
+                round.into_iter().partition(|&i| writes[i].1.is_some());
+            // Delivery rows are locked in id order first, so batches of several nodes (and
+            // their claims and releases) cannot deadlock; then one statement records them all.
+            let mut ids: Vec<String> = plain
+                .iter()
+                .map(|&i| writes[i].0.delivery_id.to_string())
+                .collect();
+            ids.sort();
+            if !ids.is_empty() {
+                sqlx::query(
+                    "SELECT id FROM webhook_deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                )
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+            }
+            // 9 + 13 binds per write; PostgreSQL allows 65535 per statement.
+            for chunk in plain.chunks(1000) {
+                let hit = finish_plain_attempts_in(&mut tx, writes, chunk).await?;
+                for &i in chunk {
+                    applied[i] = hit.contains(&writes[i].0.delivery_id.to_string());
+                }
+            }
+            // Health changes read and lock their endpoint; endpoints are locked in id order.
+            with_health.sort_by_key(|&i| writes[i].0.endpoint_id);
+            for i in with_health {
+                let (w, health) = &writes[i];
+                applied[i] = finish_attempt_in(&mut tx, w, *health).await?;
+            }
         }
         tx.commit().await?;
         Ok(applied)
@@ -439,31 +465,110 @@ impl PgStore {
 
 /// Inserts one delivery row on `conn` (alone, or inside a caller's transaction).
 pub(crate) async fn insert_delivery_in(conn: &mut PgConnection, d: &DeliveryRow) -> Result<()> {
-    sqlx::query(&format!(
-        "INSERT INTO webhook_deliveries ({DELIVERY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
-    ))
-    .bind(d.id.to_string())
-    .bind(&d.owner_id)
-    .bind(d.endpoint_id.to_string())
-    .bind(&d.event_id)
-    .bind(&d.event_type)
-    .bind(&d.source)
-    .bind(d.occurred_at)
-    .bind(&d.data)
-    .bind(&d.status)
-    .bind(d.attempts)
-    .bind(d.last_status_code)
-    .bind(&d.last_error)
-    .bind(d.duration_ms)
-    .bind(d.is_test)
-    .bind(d.created_at)
-    .bind(d.completed_at)
-    .bind(&d.created_by)
-    .bind(d.next_attempt_at)
-    .bind(&d.lease_owner)
-    .execute(&mut *conn)
-    .await?;
+    insert_deliveries_in(conn, &[d]).await
+}
+
+/// Inserts delivery rows on `conn`, many rows per statement.
+pub(crate) async fn insert_deliveries_in(
+    conn: &mut PgConnection,
+    rows: &[&DeliveryRow],
+) -> Result<()> {
+    // 19 binds per row; PostgreSQL allows 65535 per statement.
+    for chunk in rows.chunks(1000) {
+        let mut qb = QueryBuilder::<Postgres>::new(format!(
+            "INSERT INTO webhook_deliveries ({DELIVERY_COLS}) "
+        ));
+        qb.push_values(chunk, |mut b, d| {
+            b.push_bind(d.id.to_string())
+                .push_bind(&d.owner_id)
+                .push_bind(d.endpoint_id.to_string())
+                .push_bind(&d.event_id)
+                .push_bind(&d.event_type)
+                .push_bind(&d.source)
+                .push_bind(d.occurred_at)
+                .push_bind(&d.data)
+                .push_bind(&d.status)
+                .push_bind(d.attempts)
+                .push_bind(d.last_status_code)
+                .push_bind(&d.last_error)
+                .push_bind(d.duration_ms)
+                .push_bind(d.is_test)
+                .push_bind(d.created_at)
+                .push_bind(d.completed_at)
+                .push_bind(&d.created_by)
+                .push_bind(d.next_attempt_at)
+                .push_bind(&d.lease_owner);
+        });
+        qb.build().execute(&mut *conn).await?;
+    }
     Ok(())
+}
+
+/// Records attempts without health changes (one write per delivery) in one statement: the
+/// fenced delivery updates, and the attempt rows of exactly the updates that applied. Returns the
+/// ids of the deliveries updated.
+async fn finish_plain_attempts_in(
+    conn: &mut PgConnection,
+    writes: &[(AttemptWrite, Option<HealthFn<'_>>)],
+    chunk: &[usize],
+) -> Result<std::collections::HashSet<String>> {
+    let mut qb = QueryBuilder::<Postgres>::new(
+        "WITH v(id, expected, attempts, last_status_code, last_error, duration_ms, \
+         completed_at, next_attempt_at, status) AS (",
+    );
+    qb.push_values(chunk, |mut b, &i| {
+        let w = &writes[i].0;
+        b.push_bind(w.delivery_id.to_string())
+            .push_bind(w.expected_attempts)
+            .push_bind(w.attempts)
+            .push_bind(w.last_status_code)
+            .push_bind(&w.last_error)
+            .push_bind(w.duration_ms)
+            .push_bind(w.completed_at)
+            .push_bind(w.next_attempt_at)
+            .push_bind(&w.status);
+    });
+    qb.push(
+        "), u AS (UPDATE webhook_deliveries d SET attempts = v.attempts, \
+         last_status_code = v.last_status_code, last_error = v.last_error, \
+         duration_ms = v.duration_ms, \
+         completed_at = CASE WHEN d.status = 'pending' THEN v.completed_at ELSE d.completed_at END, \
+         next_attempt_at = CASE WHEN d.status = 'pending' THEN v.next_attempt_at ELSE NULL END, \
+         lease_owner = NULL, \
+         status = CASE WHEN d.status = 'pending' THEN v.status ELSE d.status END \
+         FROM v WHERE d.id = v.id AND d.attempts = v.expected RETURNING d.id)",
+    );
+    let attempts: Vec<&AttemptRow> = chunk
+        .iter()
+        .filter_map(|&i| writes[i].0.attempt.as_ref())
+        .collect();
+    if !attempts.is_empty() {
+        // Joined to the updates that applied: an attempt is stored exactly when its write is.
+        qb.push(format!(", a({ATTEMPT_COLS}) AS ("));
+        qb.push_values(attempts, |mut b, a| {
+            b.push_bind(a.delivery_id.to_string())
+                .push_bind(a.attempt_no)
+                .push_bind(a.sent_at)
+                .push_bind(&a.request_url)
+                .push_bind(&a.request_method)
+                .push_bind(&a.request_headers)
+                .push_bind(&a.request_body)
+                .push_bind(a.signed)
+                .push_bind(a.response_status)
+                .push_bind(&a.response_headers)
+                .push_bind(&a.response_snippet)
+                .push_bind(a.duration_ms)
+                .push_bind(&a.error);
+        });
+        qb.push(format!(
+            "), i AS (INSERT INTO webhook_attempts ({ATTEMPT_COLS}) SELECT {} FROM a \
+             JOIN u ON u.id = a.delivery_id ON CONFLICT DO NOTHING)",
+            crate::prefixed("a.", ATTEMPT_COLS)
+        ));
+    }
+    qb.push(" SELECT id FROM u");
+    let rows = qb.build().fetch_all(&mut *conn).await?;
+    Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
 }
 
 /// Records one attempt inside the caller's transaction (see `finish_attempts`).

@@ -18,14 +18,6 @@ const COLS: &str = "id, owner_id, flow_id, trigger_id, kind, status, device_id, 
      event_id, error, flow_name, trigger_name, created_by, enqueued_at, started_at, finished_at, \
      attempt, lease_owner, lease_expires_at, graph_hash, snapshot, state, search_text";
 
-/// `cols` (comma-separated) each prefixed with `prefix`.
-pub(crate) fn prefixed(prefix: &str, cols: &str) -> String {
-    cols.split(',')
-        .map(|c| format!("{prefix}{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn parse_uuid(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s).map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))
 }
@@ -507,7 +499,7 @@ pub(crate) fn push_exec_updates<'a>(
              SELECT {} FROM d JOIN executions e ON e.id = d.exec_id \
              AND e.status = 'running' AND e.lease_owner = d.exec_owner \
              AND e.attempt = d.exec_attempt; ",
-            prefixed("d.", DELIVERY_COLS)
+            crate::prefixed("d.", DELIVERY_COLS)
         ));
     }
     let (terminal, progress): (Vec<usize>, Vec<usize>) = chunk

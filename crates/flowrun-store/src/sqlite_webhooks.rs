@@ -554,7 +554,7 @@ pub(crate) fn push_attempts<'a>(
             ") INSERT INTO webhook_attempts ({ATTEMPT_COLS}) SELECT {} FROM a \
              JOIN webhook_deliveries d ON d.id = a.delivery_id AND d.attempts = a.expected \
              WHERE true ON CONFLICT DO NOTHING; ",
-            crate::sqlite_exec::prefixed("a.", ATTEMPT_COLS)
+            crate::prefixed("a.", ATTEMPT_COLS)
         ));
     }
     qb.push(
