@@ -1,9 +1,9 @@
 //! Scenario `e2e`: fire → a flow of three `webhooks.send` steps → a local HTTP sink.
 //!
 //! Each client fires the custom trigger with a sequence number in the payload and waits until
-//! the sink has received the third step's delivery for that number. The figure is the whole
-//! path a user pays for: the fire's durable enqueue, the claim, the step loop, each step's
-//! durable delivery record, and the signed outbound request.
+//! the sink has received all three steps' deliveries for that number. The figure is the whole
+//! path a user pays for: the fire's durable enqueue, the step loop, the durable delivery
+//! records, and the signed outbound requests.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,25 +20,32 @@ use crate::{ProcCost, Target, load_average, summary};
 
 /// Completion signals of the runs in flight, by sequence number.
 #[derive(Default)]
-struct Sink {
-    waiting: Mutex<HashMap<u64, oneshot::Sender<Instant>>>,
-    received: AtomicU64,
+pub(crate) struct Sink {
+    /// Per run: deliveries still to come, and whom to tell when none is left.
+    waiting: Mutex<HashMap<u64, (u32, oneshot::Sender<Instant>)>>,
+    pub(crate) received: AtomicU64,
 }
 
 async fn receive(State(sink): State<Arc<Sink>>, Json(body): Json<Value>) -> &'static str {
     sink.received.fetch_add(1, Ordering::Relaxed);
-    let payload = &body["data"]["payload"];
-    if payload["n"] == 3
-        && let Some(seq) = payload["seq"].as_u64()
-        && let Some(tx) = sink.waiting.lock().unwrap().remove(&seq)
-    {
-        let _ = tx.send(Instant::now());
+    // A run is done when all three of its deliveries have arrived, in whatever order they
+    // went out (the steps' deliveries are attempted concurrently).
+    if let Some(seq) = body["data"]["payload"]["seq"].as_u64() {
+        let mut waiting = sink.waiting.lock().unwrap();
+        if let Some((left, _)) = waiting.get_mut(&seq) {
+            *left -= 1;
+            if *left == 0
+                && let Some((_, tx)) = waiting.remove(&seq)
+            {
+                let _ = tx.send(Instant::now());
+            }
+        }
     }
     "ok"
 }
 
 /// Starts the sink on a free loopback port; returns its URL.
-async fn start_sink(sink: Arc<Sink>) -> Result<String> {
+pub(crate) async fn start_sink(sink: Arc<Sink>) -> Result<String> {
     let app = axum::Router::new()
         .route("/hook", axum::routing::post(receive))
         .with_state(sink);
@@ -50,8 +57,8 @@ async fn start_sink(sink: Arc<Sink>) -> Result<String> {
     Ok(format!("http://{addr}/hook"))
 }
 
-/// Provisions the endpoint, trigger, three steps and the flow; returns the trigger id.
-async fn provision(t: &Target, sink_url: &str) -> Result<String> {
+/// Provisions the endpoint, trigger, three steps and the flow; returns (trigger id, flow id).
+pub(crate) async fn provision(t: &Target, sink_url: &str) -> Result<(String, String)> {
     let send = t.catalog_id("webhooks.send").await?;
     let hook = t.create("/webhooks", json!({"url": sink_url})).await?;
     let trigger = t
@@ -72,18 +79,19 @@ async fn provision(t: &Target, sink_url: &str) -> Result<String> {
             .await?;
         steps.push(json!({"actionId": id, "position": n - 1}));
     }
-    t.post(
-        "/flows",
-        json!({"name": "bench e2e", "triggerId": trigger, "actions": steps}),
-    )
-    .await?;
-    Ok(trigger)
+    let flow = t
+        .create(
+            "/flows",
+            json!({"name": "bench e2e", "triggerId": trigger, "actions": steps}),
+        )
+        .await?;
+    Ok((trigger, flow))
 }
 
 pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<()> {
     let sink = Arc::new(Sink::default());
     let sink_url = start_sink(sink.clone()).await?;
-    let trigger = provision(&t, &sink_url).await?;
+    let (trigger, _) = provision(&t, &sink_url).await?;
     let fire_url = format!("{}/v1/triggers/{trigger}/fire", t.base);
     let seq = Arc::new(AtomicU64::new(0));
     println!("scenario e2e: fire → 3 × webhooks.send → sink, {seconds} s per level");
@@ -111,7 +119,7 @@ pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<
                     }
                     let n = seq.fetch_add(1, Ordering::Relaxed);
                     let (tx, rx) = oneshot::channel();
-                    sink.waiting.lock().unwrap().insert(n, tx);
+                    sink.waiting.lock().unwrap().insert(n, (3, tx));
                     let resp = t
                         .http
                         .post(&fire_url)
@@ -125,7 +133,7 @@ pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<
                     let _ = resp.bytes().await;
                     let done = tokio::time::timeout(Duration::from_secs(60), rx)
                         .await
-                        .context("the third delivery did not arrive within 60 s")??;
+                        .context("the run's deliveries did not all arrive within 60 s")??;
                     if elapsed >= warmup {
                         lat.push((done - t0).as_micros() as u64);
                     }
@@ -141,7 +149,7 @@ pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<
         let rate = runs as f64 / measured.as_secs_f64();
         println!("  c={clients}: {rate:.0} runs/s");
         println!(
-            "  c={clients} e2e latency (fire sent → third request at the sink): {}",
+            "  c={clients} e2e latency (fire sent → last of the three requests at the sink): {}",
             summary(all)
         );
         if let Ok(Some((before, after))) = cost_sampler.await {

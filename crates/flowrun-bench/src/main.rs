@@ -108,6 +108,10 @@ enum Scenario {
         /// Seconds of firing per node count.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// The flow's steps: `webhooks` (3 × webhooks.send to the tool's sink, as in `e2e`)
+        /// or `wait` (3 × flow.wait 0, no outbound requests).
+        #[arg(long, default_value = "webhooks")]
+        flow: nodes::FlowKind,
     },
 }
 
@@ -570,6 +574,7 @@ async fn main() -> Result<()> {
         nodes,
         clients,
         seconds,
+        flow,
     } = &cli.scenario
     {
         // Launches its own nodes, on a fresh database per node count.
@@ -579,6 +584,7 @@ async fn main() -> Result<()> {
             nodes,
             *clients,
             *seconds,
+            *flow,
             &cli.serve_arg,
         )
         .await;

@@ -4,8 +4,10 @@
 //! For each node count it creates a fresh database (with `psql`, from the admin URL given as
 //! `--database-url`), launches the nodes, provisions through the first one (the others learn
 //! the definitions by notification), then clients fire the trigger round-robin over the nodes
-//! for the measured time. The figure is completed runs per second: every fired run has ended,
-//! counted from the first fire to the moment none is pending or running.
+//! for the measured time. The flow is the `e2e` one (three `webhooks.send` steps to the tool's
+//! sink) or three zero `flow.wait` steps. The figure is completed runs per second: every fired
+//! run has ended and, with webhooks, every delivery has reached the sink, counted from the
+//! first fire to that moment.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -15,7 +17,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::e2e::{Sink, start_sink};
 use crate::{Target, launch};
+
+/// The steps of the measured flow.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum FlowKind {
+    /// Three `webhooks.send` steps to the tool's sink.
+    Webhooks,
+    /// Three `flow.wait` steps of zero seconds.
+    Wait,
+}
 
 /// A database made for one measurement, dropped afterwards.
 struct FreshDb {
@@ -67,7 +79,7 @@ fn psql(url: &str, sql: &str) -> Result<()> {
 
 /// Provisions a custom trigger and a flow of three zero `flow.wait` steps; returns
 /// (trigger id, flow id).
-async fn provision(t: &Target) -> Result<(String, String)> {
+async fn provision_waits(t: &Target) -> Result<(String, String)> {
     let wait = t.catalog_id("flow.wait").await?;
     let trigger = t
         .create(
@@ -103,13 +115,18 @@ pub async fn run(
     node_counts: &[usize],
     clients: usize,
     seconds: f64,
+    flow_kind: FlowKind,
     serve_args: &[String],
 ) -> Result<()> {
     let admin = admin_url.filter(|u| u.starts_with("postgres")).context(
         "`nodes` needs --database-url postgres://… (an admin URL; a database is made per run)",
     )?;
+    let steps = match flow_kind {
+        FlowKind::Webhooks => "3 × webhooks.send → sink",
+        FlowKind::Wait => "3 × flow.wait 0",
+    };
     println!(
-        "scenario nodes: fire → 3 × flow.wait 0 (no device), {clients} clients, {seconds} s per node count"
+        "scenario nodes: fire → {steps} (no device), {clients} clients, {seconds} s per node count"
     );
     for &n in node_counts {
         let db = FreshDb::create(admin, n)?;
@@ -127,7 +144,18 @@ pub async fn run(
                 server: Some(process),
             }));
         }
-        let (trigger, flow) = provision(&nodes[0]).await?;
+        let sink = Arc::new(Sink::default());
+        let (trigger, flow) = match flow_kind {
+            FlowKind::Webhooks => {
+                let sink_url = start_sink(sink.clone()).await?;
+                crate::e2e::provision(&nodes[0], &sink_url).await?
+            }
+            FlowKind::Wait => provision_waits(&nodes[0]).await?,
+        };
+        let deliveries_per_run = match flow_kind {
+            FlowKind::Webhooks => 3,
+            FlowKind::Wait => 0,
+        };
         // Every node knows the flow before the load starts.
         for t in &nodes {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -147,8 +175,8 @@ pub async fn run(
             let (fired, path) = (fired.clone(), format!("/triggers/{trigger}/fire"));
             tasks.push(tokio::spawn(async move {
                 while start.elapsed() < measured {
-                    t.post(&path, json!({"payload": {}})).await?;
-                    fired.fetch_add(1, Ordering::Relaxed);
+                    let seq = fired.fetch_add(1, Ordering::Relaxed);
+                    t.post(&path, json!({"payload": {"seq": seq}})).await?;
                 }
                 Ok::<_, anyhow::Error>(())
             }));
@@ -161,7 +189,10 @@ pub async fn run(
         let deadline = Instant::now() + Duration::from_secs(300);
         let m = loop {
             let m = nodes[0].get(&metrics).await?;
-            if count(&m, "pending") + count(&m, "running") == 0 {
+            let delivered = sink.received.load(Ordering::Relaxed);
+            if count(&m, "pending") + count(&m, "running") == 0
+                && delivered >= count(&m, "success") * deliveries_per_run
+            {
                 break m;
             }
             if Instant::now() > deadline {

@@ -251,12 +251,21 @@ async fn commit_batch(shared: &Arc<Shared>, requests: Vec<EnqueueRequest>) {
             );
         }
     }
-    let changes: Vec<Change> = plan.flows.into_values().map(Change::PutFlow).collect();
+    // A flow whose gate state changed is written with the rows (cooldowns must hold across
+    // restarts and nodes); one that only records `lastTriggeredAt` is written behind.
+    let (gated, last_triggered): (Vec<FlowRecord>, Vec<FlowRecord>) = {
+        let defs = registry.read();
+        plan.flows.into_values().partition(|f| {
+            defs.flow_any(&f.flow.owner_id, f.flow.id)
+                .is_none_or(|stored| stored.gates != f.gates)
+        })
+    };
+    let changes: Vec<Change> = gated.into_iter().map(Change::PutFlow).collect();
     crate::telemetry::enqueued(&plan.rows);
     let handed = crate::worker::hand_over(shared, &mut plan.rows, now.millis());
     let has_pending = plan.rows.iter().any(|r| r.status == "pending");
     match registry
-        .apply_with_executions(changes, &plan.rows, &routed, now.millis())
+        .apply_enqueue(changes, last_triggered, &plan.rows, &routed, now.millis())
         .await
     {
         Ok(()) => {

@@ -228,6 +228,7 @@ impl Engine {
         tokio::spawn(worker::run_dispatcher(shared.clone()));
         tokio::spawn(worker::run_heartbeat(shared.clone()));
         tokio::spawn(probes::run_prober(shared.clone(), probe_requests));
+        tokio::spawn(run_behind_writer(shared.clone()));
         let schedules = scheduler::start(&shared, firings.clone()).await?;
         if let Some(signals) = shared.store.listen().await? {
             // Changes committed between loading the definitions and listening were not heard.
@@ -307,6 +308,13 @@ impl Engine {
         self.shared.wake.notify_one();
     }
 
+    /// Writes what is held in memory only (see [`Registry::flush_behind`]); for a clean stop.
+    pub async fn flush(&self) {
+        if let Err(e) = self.shared.registry.flush_behind().await {
+            tracing::error!(error = %e, "writing lastTriggeredAt failed");
+        }
+    }
+
     /// Rows running on this node now.
     pub fn running_count(&self) -> usize {
         self.shared.running().len()
@@ -341,5 +349,21 @@ impl Engine {
     /// The outbound webhook service of the step executor (§5.17), if it has one.
     pub fn webhooks(&self) -> Option<Arc<dyn webhooks::WebhookService>> {
         self.shared.executor.webhooks()
+    }
+}
+
+/// How long a flow's `lastTriggeredAt` may be newer in memory than in the store.
+const BEHIND_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Writes the flows' `lastTriggeredAt` held in memory (see [`Registry::flush_behind`]).
+async fn run_behind_writer(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(BEHIND_INTERVAL) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        if let Err(e) = shared.registry.flush_behind().await {
+            tracing::error!(error = %e, "writing lastTriggeredAt failed");
+        }
     }
 }

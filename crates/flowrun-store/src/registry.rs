@@ -9,11 +9,18 @@
 //! `NOTIFY`) and the other nodes [`reload`](Registry::reload) the named document from the
 //! store, or [`reload_all`](Registry::reload_all) after a missed notification. The write lock
 //! is per node: see `docs/ARCHITECTURE.md` for what that does and does not guarantee.
+//!
+//! One runtime field is written behind: a flow's `lastTriggeredAt`, when an enqueue changes
+//! nothing else of the flow, goes to memory with the enqueue and to the store at the next
+//! [`flush_behind`](Registry::flush_behind). Rewriting the flow document in every enqueue
+//! would make every firing of a flow write (and, with several nodes, lock and announce) the
+//! same row; the runs themselves are never written behind.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use flowrun_core::model::{Action, Device, FlowRecord, Trigger};
+use flowrun_core::time::Ts;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -191,6 +198,9 @@ pub struct Registry {
     store: Arc<dyn Store>,
     defs: RwLock<Defs>,
     writes: tokio::sync::Mutex<()>,
+    /// Flows whose `lastTriggeredAt` is newer in memory than in the store: owner and the
+    /// value to write.
+    behind: std::sync::Mutex<HashMap<Uuid, (String, Ts)>>,
 }
 
 impl Registry {
@@ -201,6 +211,7 @@ impl Registry {
             store,
             defs: RwLock::new(defs),
             writes: tokio::sync::Mutex::new(()),
+            behind: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -231,7 +242,12 @@ impl Registry {
                 defs.actions.remove(&uuid);
             }
             (DocKind::Flow, Some(d)) => {
-                defs.put_flow(serde_json::from_str(&d.json).map_err(parse_err)?)
+                let mut flow: FlowRecord = serde_json::from_str(&d.json).map_err(parse_err)?;
+                // A value of ours not stored yet is not undone by another node's write.
+                if let Some((_, at)) = self.behind_of(uuid) {
+                    flow.flow.last_triggered_at = flow.flow.last_triggered_at.max(Some(at));
+                }
+                defs.put_flow(flow)
             }
             // Flows are archived, never deleted.
             (DocKind::Flow, None) => {}
@@ -282,6 +298,21 @@ impl Registry {
         routed_events: &[String],
         now_ms: i64,
     ) -> Result<()> {
+        self.apply_enqueue(changes, Vec::new(), rows, routed_events, now_ms)
+            .await
+    }
+
+    /// [`apply_with_executions`](Self::apply_with_executions), plus flows whose only change is
+    /// `lastTriggeredAt`: they reach memory with the rest and the store later
+    /// ([`flush_behind`](Self::flush_behind)).
+    pub async fn apply_enqueue(
+        &self,
+        changes: Vec<Change>,
+        last_triggered: Vec<FlowRecord>,
+        rows: &[crate::ExecutionRow],
+        routed_events: &[String],
+        now_ms: i64,
+    ) -> Result<()> {
         let mut writes = Vec::with_capacity(changes.len());
         for c in &changes {
             writes.push(match c {
@@ -321,7 +352,65 @@ impl Registry {
                 }
             }
         }
+        if !last_triggered.is_empty() {
+            let mut behind = self.behind.lock().unwrap_or_else(|e| e.into_inner());
+            for f in last_triggered {
+                if let Some(at) = f.flow.last_triggered_at {
+                    let entry = behind
+                        .entry(f.flow.id)
+                        .or_insert_with(|| (f.flow.owner_id.clone(), at));
+                    entry.1 = entry.1.max(at);
+                }
+                defs.put_flow(f);
+            }
+        }
         Ok(())
+    }
+
+    fn behind_of(&self, id: Uuid) -> Option<(String, Ts)> {
+        let behind = self.behind.lock().unwrap_or_else(|e| e.into_inner());
+        behind.get(&id).cloned()
+    }
+
+    /// Writes the `lastTriggeredAt` values held in memory only; returns how many flows it
+    /// wrote. On PostgreSQL the write merges into the stored document (the later value wins,
+    /// another node's edits stay), like an enqueue's.
+    pub async fn flush_behind(&self) -> Result<usize> {
+        let _guard = self.writes.lock().await;
+        let dirty = std::mem::take(&mut *self.behind.lock().unwrap_or_else(|e| e.into_inner()));
+        if dirty.is_empty() {
+            return Ok(0);
+        }
+        let flows: Vec<FlowRecord> = {
+            let defs = self.read();
+            dirty
+                .iter()
+                .filter_map(|(id, (_, at))| {
+                    let mut f = (**defs.flows.get(id)?).clone();
+                    f.flow.last_triggered_at = f.flow.last_triggered_at.max(Some(*at));
+                    Some(f)
+                })
+                .collect()
+        };
+        let written = flows
+            .iter()
+            .map(|f| put(DocKind::Flow, f.flow.id, &f.flow.owner_id, f))
+            .collect::<Result<Vec<_>>>()?;
+        let now_ms = Ts::now().millis();
+        if let Err(e) = self
+            .store
+            .insert_executions_routed(&[], &written, &[], now_ms)
+            .await
+        {
+            // Kept for the next flush (merged with what came meanwhile).
+            let mut behind = self.behind.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, (owner, at)) in dirty {
+                let entry = behind.entry(id).or_insert_with(|| (owner, at));
+                entry.1 = entry.1.max(at);
+            }
+            return Err(e);
+        }
+        Ok(flows.len())
     }
 }
 

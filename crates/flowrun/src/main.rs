@@ -316,6 +316,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, store = store.backend(), "listening");
     flowrun_api::serve(listener, app).await?;
     engine.shutdown();
+    engine.flush().await;
     webhooks.shutdown();
     Ok(())
 }

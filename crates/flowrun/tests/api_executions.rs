@@ -2381,6 +2381,25 @@ async fn pending_rows_are_rechecked_when_claimed() {
 // 9. Crash recovery
 
 #[tokio::test]
+async fn last_triggered_at_written_behind_is_stored_by_a_clean_stop() {
+    let k = Kit::start(&[]).await;
+    let t = k.trigger("Behind").await;
+    let zero = k.action("flow.wait", "Zero", json!({"seconds": 0})).await;
+    let f = k
+        .flow(json!({"name": "Behind", "triggerId": t, "actions": [node(&zero, 0, "w")]}))
+        .await;
+    k.fire(&t, json!({"payload": {}}), None).await.expect(202);
+    let first = k.get_flow(&f).await["lastTriggeredAt"].clone();
+    ms(&first);
+
+    // A clean stop writes what is held in memory.
+    let mut s = k.s;
+    s.stop();
+    let k = Kit::with(s.restart().await).await;
+    assert_eq!(k.get_flow(&f).await["lastTriggeredAt"], first);
+}
+
+#[tokio::test]
 async fn a_killed_server_resumes_at_the_interrupted_step() {
     let k = Kit::start(&["--lease-seconds", "2"]).await;
     let t = k.trigger("Crash").await;

@@ -1,7 +1,8 @@
 //! Several `flowrun serve` nodes on one PostgreSQL database (runs only when
 //! `FLOWRUN_TEST_DATABASE_URL` is set; a SQLite file belongs to one process).
 //!
-//! - A definition written through one node is usable through the other at once.
+//! - A definition written through one node is usable through the other at once; a flow's
+//!   `lastTriggeredAt`, written behind, reaches the other node too.
 //! - 2,000 fires spread over two nodes, one killed with SIGKILL in the middle: every
 //!   execution ends, the survivor reclaims the dead node's leases, no committed step runs
 //!   again, and a schedule firing every two seconds meanwhile fires each occurrence once.
@@ -194,6 +195,17 @@ async fn a_definition_written_on_one_node_is_usable_on_the_other_at_once() {
     })
     .await;
     assert_eq!(e["status"], "success", "{e}");
+    // The firing's lastTriggeredAt, written behind on B, reaches A.
+    let fired_at = b.get(&format!("/v1/flows/{f}")).await.data()["lastTriggeredAt"].clone();
+    assert!(fired_at.is_string(), "{fired_at}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.get(&format!("/v1/flows/{f}")).await.data()["lastTriggeredAt"] != fired_at {
+        assert!(
+            Instant::now() < deadline,
+            "A never saw the lastTriggeredAt of the firing on B"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // An update on B reaches A; a delete on A reaches B.
     b.patch(&format!("/v1/flows/{f}"), json!({"name": "Renamed on B"}))
