@@ -21,7 +21,10 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
+        // No ping before each acquire (a network round trip per query); a connection that
+        // broke fails its query, is dropped by the pool, and the writers retry their batch.
         let pool = PgPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)

@@ -37,7 +37,10 @@ impl SqliteStore {
             // ordinary statements.
             .statement_cache_capacity(400)
             .foreign_keys(true);
+        // No ping before each acquire: it is a round trip to the connection's thread (two
+        // wake-ups) on every write and read, and a broken file fails the query itself anyway.
         let writer = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
@@ -46,6 +49,7 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(4)
             .connect_with(opts.read_only(true))
             .await?;
