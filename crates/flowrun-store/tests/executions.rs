@@ -1042,3 +1042,42 @@ async fn staged_deliveries_are_inserted_only_with_an_update_that_applies() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_database_refuses_a_second_running_row_of_a_device_only() {
+    on_each_backend(|db| async move {
+        let running = |n: u128, device: Option<Uuid>| ExecutionRow {
+            status: "running".to_string(),
+            started_at: Some(5),
+            lease_owner: Some("n".to_string()),
+            lease_expires_at: Some(1_000_000),
+            ..row(n, device, n as i64)
+        };
+        // Rows without a device are not constrained (and not indexed) however many run.
+        let free: Vec<_> = (1..=20).map(|n| running(n, None)).collect();
+        db.insert_executions(&free, &[]).await.unwrap();
+        db.insert_executions(&[running(30, Some(id(900)))], &[])
+            .await
+            .unwrap();
+        // A second running row of the same device is refused and changes nothing.
+        assert!(
+            db.insert_executions(&[running(31, Some(id(900)))], &[])
+                .await
+                .is_err()
+        );
+        assert!(db.get_execution(OWNER, id(31)).await.unwrap().is_none());
+        // Another device, or the same device once its run ended, is fine.
+        db.insert_executions(&[running(32, Some(id(901)))], &[])
+            .await
+            .unwrap();
+        let done = finish(&running(30, Some(id(900))), "n", "success", None);
+        assert_eq!(db.apply_exec_updates(&[done]).await.unwrap(), vec![true]);
+        db.insert_executions(&[running(33, Some(id(900)))], &[])
+            .await
+            .unwrap();
+        // Lease renewal and the reaper still find every running row of the node.
+        let all: Vec<Uuid> = (1..=20).map(id).chain([id(32), id(33)]).collect();
+        assert_eq!(db.renew_leases("n", &all, 2_000_000).await.unwrap(), 22);
+    })
+    .await;
+}
