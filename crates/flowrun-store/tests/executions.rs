@@ -1075,7 +1075,7 @@ async fn the_database_refuses_a_second_running_row_of_a_device_only() {
         db.insert_executions(&[running(33, Some(id(900)))], &[])
             .await
             .unwrap();
-        // Lease renewal and the reaper still find every running row of the node.
+        // Lease renewal still finds every running row of the node.
         let all: Vec<Uuid> = (1..=20).map(id).chain([id(32), id(33)]).collect();
         assert_eq!(db.renew_leases("n", &all, 2_000_000).await.unwrap(), 22);
     })

@@ -883,7 +883,7 @@ async fn run_flow(
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-        .unwrap_or_else(|| Uuid::now_v7().to_string());
+        .unwrap_or_else(|| flowrun_core::new_id().to_string());
     let outcome = app
         .engine
         .submit(flowrun_engine::Firing {

@@ -561,11 +561,11 @@ async fn fire_trigger(
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    // Time-ordered, so the invocation index takes each new row at its end instead of at a
-    // random leaf (one page write per run saved under load).
+    // A generated id is time-ordered (`new_id`), so the invocation index takes each new row at
+    // its end instead of at a random leaf (one page write per run saved under load).
     let invocation_id = key
         .clone()
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        .unwrap_or_else(|| flowrun_core::new_id().to_string());
     let outcome = app
         .engine
         .submit(flowrun_engine::Firing {
