@@ -263,27 +263,48 @@ async fn commit_batch(shared: &Arc<Shared>, requests: Vec<EnqueueRequest>) {
     let changes: Vec<Change> = gated.into_iter().map(Change::PutFlow).collect();
     crate::telemetry::enqueued(&plan.rows);
     let handed = crate::worker::hand_over(shared, &mut plan.rows, now.millis());
+    let mut early = crate::worker::start_early(shared, &plan.rows, handed);
+    // The runs hand their first writes back within microseconds (a run's first write comes
+    // before any step that waits on the world); one that is later writes after the commit.
+    let deadline = tokio::time::Instant::now() + FIRST_WRITE_WAIT;
+    let mut replies = Vec::new();
+    let mut deliveries = Vec::new();
+    for (i, first) in early.first_writes(deadline).await {
+        deliveries.extend(plan.rows[i].apply(first.update));
+        replies.push(first.reply);
+    }
     let has_pending = plan.rows.iter().any(|r| r.status == "pending");
     match registry
-        .apply_enqueue(changes, last_triggered, &plan.rows, &routed, now.millis())
+        .apply_enqueue(
+            changes,
+            last_triggered,
+            &plan.rows,
+            &deliveries,
+            &routed,
+            now.millis(),
+        )
         .await
     {
         Ok(()) => {
             if has_pending {
-                shared.wake.notify_one();
+                shared.rows_claimable();
             }
-            crate::worker::start_handed(shared, &plan.rows, handed);
+            early.committed(shared, &plan.rows, replies);
             for (r, outcome) in requests.into_iter().zip(outcomes) {
                 let _ = r.reply.send(Ok(outcome));
             }
         }
         Err(e) => {
-            crate::worker::release_handed(shared, handed);
+            early.failed(shared, replies);
             tracing::error!(error = %e, "enqueue failed");
             fail_all(requests, e.into());
         }
     }
 }
+
+/// How long an enqueue waits for the first writes of the runs it started (see
+/// `worker::Handed`) before it commits without them.
+const FIRST_WRITE_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn fail_all(requests: Vec<EnqueueRequest>, e: EngineError) {
     for r in requests {

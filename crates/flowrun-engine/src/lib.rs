@@ -116,6 +116,10 @@ pub(crate) struct Shared {
     /// Worker slots taken by rows an enqueue is committing already claimed (they join
     /// `running` once committed; see `worker::hand_over`).
     pub reserved: std::sync::atomic::AtomicUsize,
+    /// Bumped by whatever may have made a row claimable (pending rows stored, a device
+    /// freed, rows requeued, another node's signal); the dispatcher claims only when it
+    /// moved, when its last claim filled every slot, or on its poll (see `run_dispatcher`).
+    pub claimable: std::sync::atomic::AtomicU64,
     /// Aborts that found no running entry here: a claim racing the abort must not start the
     /// row. Guarded by the `running` lock's discipline (both taken together in order).
     pub recent_aborts: Mutex<HashMap<Uuid, std::time::Instant>>,
@@ -138,6 +142,13 @@ impl Shared {
 
     fn recent_aborts(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, std::time::Instant>> {
         self.recent_aborts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rows may have become claimable: wakes the dispatcher to claim.
+    pub fn rows_claimable(&self) {
+        self.claimable
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
     }
 
     /// Whether the row was aborted before its run was registered (call with `running` held).
@@ -210,6 +221,7 @@ impl Engine {
             route_wake: Notify::new(),
             running: Mutex::new(HashMap::new()),
             reserved: std::sync::atomic::AtomicUsize::new(0),
+            claimable: std::sync::atomic::AtomicU64::new(0),
             recent_aborts: Mutex::new(HashMap::new()),
             writer,
             shutdown: CancellationToken::new(),
@@ -305,7 +317,7 @@ impl Engine {
     /// restart.
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
-        self.shared.wake.notify_one();
+        self.shared.rows_claimable();
     }
 
     /// Writes what is held in memory only (see [`Registry::flush_behind`]); for a clean stop.

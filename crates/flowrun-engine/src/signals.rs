@@ -45,7 +45,7 @@ pub(crate) async fn run_signals(
                     tracing::warn!(error = %e, "reloading a webhook endpoint failed");
                 }
             }
-            Signal::Executions => shared.wake.notify_one(),
+            Signal::Executions => shared.rows_claimable(),
             Signal::Events => shared.route_wake.notify_one(),
             Signal::Abort(id) => shared.signal_abort(id),
             Signal::Deliveries => {
@@ -67,7 +67,7 @@ pub(crate) async fn resync(shared: &Shared, schedules: &Scheduler) {
     if let Err(e) = crate::webhooks::refresh_all_endpoints(&*shared.store).await {
         tracing::warn!(error = %e, "reloading webhook endpoints failed");
     }
-    shared.wake.notify_one();
+    shared.rows_claimable();
     shared.route_wake.notify_one();
     schedules.wake();
     if let Some(w) = shared.executor.webhooks() {

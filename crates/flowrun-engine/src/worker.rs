@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use flowrun_actions::{FailureClass, Staged, StepCall, StepFailure, StepOutput};
@@ -29,7 +29,7 @@ use flowrun_core::search::execution_search_text;
 use flowrun_core::templates::{self, LoopCtx, StepRef, TemplateScope};
 use flowrun_store::{ExecUpdate, ExecutionRow};
 use serde_json::{Map, Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -172,7 +172,7 @@ pub(crate) async fn reap(shared: &Arc<Shared>, all_others: bool) -> Result<(), E
             count = outcome.requeued.len(),
             "re-queued executions of a lost worker"
         );
-        shared.wake.notify_one();
+        shared.rows_claimable();
     }
     Ok(())
 }
@@ -225,8 +225,14 @@ pub(crate) async fn run_heartbeat(shared: Arc<Shared>) {
     }
 }
 
-/// Claims pending rows and starts their runs.
+/// Claims pending rows and starts their runs. A claim is a transaction on the writer, so it
+/// is made only when rows may be claimable: the claimable counter moved since the last
+/// claim, the last claim filled every free slot (there may be more), or the poll came
+/// round. A run ending frees a slot but makes no row claimable by itself.
 pub(crate) async fn run_dispatcher(shared: Arc<Shared>) {
+    let mut seen: Option<u64> = None;
+    let mut more = false;
+    let mut polled = true;
     loop {
         if shared.shutdown.is_cancelled() {
             return;
@@ -237,8 +243,9 @@ pub(crate) async fn run_dispatcher(shared: Arc<Shared>) {
             let taken = running.len() + shared.reserved.load(Ordering::SeqCst);
             (shared.config.workers.saturating_sub(taken), busy)
         };
-        let mut full = false;
-        if free > 0 {
+        let hint = shared.claimable.load(Ordering::SeqCst);
+        if free > 0 && (more || polled || seen != Some(hint)) {
+            seen = Some(hint);
             let now = Ts::now().millis();
             let until = now + shared.config.lease.as_millis() as i64;
             match shared
@@ -247,39 +254,47 @@ pub(crate) async fn run_dispatcher(shared: Arc<Shared>) {
                 .await
             {
                 Ok(rows) => {
-                    full = rows.len() == free;
+                    more = rows.len() == free;
                     for row in rows {
                         start_run(&shared, row);
                     }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "claim failed");
+                    seen = None;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
-        if full {
+        if more {
             // Every slot got a row: there may be more; wait for a slot instead of polling.
+            polled = false;
             tokio::select! {
                 _ = shared.wake.notified() => {}
                 _ = shared.shutdown.cancelled() => return,
             }
             continue;
         }
-        tokio::select! {
-            _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep(shared.config.poll_interval) => {}
+        polled = tokio::select! {
+            _ = shared.wake.notified() => false,
+            _ = tokio::time::sleep(shared.config.poll_interval) => true,
             _ = shared.shutdown.cancelled() => return,
-        }
+        };
     }
 }
 
 /// Rows of an enqueue batch this node runs at once: a `pending` row without a device is
 /// written already claimed (`running`, leased to this node) while a worker slot is free, so
-/// its run starts right after the enqueue commit instead of after a claim and its commit.
-/// The slots are reserved here (the dispatcher counts them taken); the rows join `running`
-/// only once committed, so nothing (lease watch, heartbeat) looks for rows not yet stored.
-/// Rows with a device keep the queue, which orders each device's runs.
+/// its run needs no claim and its commit. The slots are reserved here (the dispatcher counts
+/// them taken).
+///
+/// Their runs start before the enqueue commits ([`start_early`]): a run gets as far as its
+/// first write (a chain of `webhooks.send` steps runs to its end, in microseconds), hands
+/// that write back, and the enqueue inserts the row with it applied and the deliveries it
+/// staged, in the same transaction. A fired run thus costs one commit and one write of its
+/// row instead of two. The runs join `running` only once committed, so nothing (lease
+/// watch, heartbeat, abort) looks for rows not yet stored; until then each waits for the
+/// commit. Rows with a device keep the queue, which orders each device's runs.
 pub(crate) struct Handed {
     /// Indexes into the batch's rows.
     rows: Vec<usize>,
@@ -314,20 +329,130 @@ pub(crate) fn hand_over(shared: &Arc<Shared>, rows: &mut [ExecutionRow], now_ms:
     handed
 }
 
-/// The batch committed: runs its handed rows.
-pub(crate) fn start_handed(shared: &Arc<Shared>, rows: &[ExecutionRow], handed: Handed) {
-    for i in handed.rows {
-        start_run(shared, rows[i].clone());
-        shared.reserved.fetch_sub(1, Ordering::SeqCst);
-    }
+/// A run's first write, handed back to the enqueue that has not committed its row yet.
+pub(crate) struct FirstWrite {
+    pub(crate) update: ExecUpdate,
+    /// Hears whether the row, with this write applied, committed.
+    pub(crate) reply: oneshot::Sender<bool>,
 }
 
-/// The batch failed: frees the reserved slots.
-pub(crate) fn release_handed(shared: &Arc<Shared>, handed: Handed) {
-    shared
-        .reserved
-        .fetch_sub(handed.rows.len(), Ordering::SeqCst);
-    shared.wake.notify_one();
+/// How a run started before its row's commit gets that commit.
+struct Early {
+    /// Taken by the first write; dropped by an enqueue that stopped waiting for it.
+    first: Option<oneshot::Sender<FirstWrite>>,
+    /// The enqueue's outcome: `Some(true)` once committed (and the run registered).
+    committed: watch::Receiver<Option<bool>>,
+}
+
+/// The runs of one enqueue batch started before its commit.
+pub(crate) struct EarlyRuns {
+    runs: Vec<EarlyRun>,
+    committed: watch::Sender<Option<bool>>,
+}
+
+struct EarlyRun {
+    row: usize,
+    id: Uuid,
+    cancel: CancellationToken,
+    /// Set (under the `running` lock) when the run's task ends.
+    ended: Arc<AtomicBool>,
+    first: Option<oneshot::Receiver<FirstWrite>>,
+}
+
+/// Starts the runs of the handed rows before their commit (see [`Handed`]).
+pub(crate) fn start_early(
+    shared: &Arc<Shared>,
+    rows: &[ExecutionRow],
+    handed: Handed,
+) -> EarlyRuns {
+    let (committed, watch_rx) = watch::channel(None);
+    let runs = handed
+        .rows
+        .into_iter()
+        .map(|i| {
+            let (tx, rx) = oneshot::channel();
+            let cancel = CancellationToken::new();
+            let ended = Arc::new(AtomicBool::new(false));
+            let early = Early {
+                first: Some(tx),
+                committed: watch_rx.clone(),
+            };
+            spawn_run(
+                shared,
+                rows[i].clone(),
+                cancel.clone(),
+                Some(early),
+                ended.clone(),
+            );
+            EarlyRun {
+                row: i,
+                id: rows[i].id,
+                cancel,
+                ended,
+                first: Some(rx),
+            }
+        })
+        .collect();
+    EarlyRuns { runs, committed }
+}
+
+impl EarlyRuns {
+    /// The first writes handed back before `deadline`, with the indexes of their rows. A
+    /// run that is later sends its write to the writer once the row committed.
+    pub(crate) async fn first_writes(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Vec<(usize, FirstWrite)> {
+        let mut out = Vec::with_capacity(self.runs.len());
+        for run in &mut self.runs {
+            let Some(rx) = run.first.take() else { continue };
+            if let Ok(Ok(w)) = tokio::time::timeout_at(deadline, rx).await {
+                out.push((run.row, w));
+            }
+        }
+        out
+    }
+
+    /// The batch committed: registers the runs and lets them go on.
+    pub(crate) fn committed(
+        self,
+        shared: &Arc<Shared>,
+        rows: &[ExecutionRow],
+        replies: Vec<oneshot::Sender<bool>>,
+    ) {
+        {
+            let mut running = shared.running();
+            for run in &self.runs {
+                if shared.take_recent_abort(run.id) {
+                    run.cancel.cancel();
+                }
+                if !run.ended.load(Ordering::SeqCst) {
+                    running.insert(
+                        run.id,
+                        RunningEntry {
+                            cancel: run.cancel.clone(),
+                            device: rows[run.row].device_id,
+                        },
+                    );
+                }
+            }
+            shared.reserved.fetch_sub(self.runs.len(), Ordering::SeqCst);
+        }
+        let _ = self.committed.send(Some(true));
+        for r in replies {
+            let _ = r.send(true);
+        }
+    }
+
+    /// The batch failed: nothing of it exists; the runs stop and their slots are free.
+    pub(crate) fn failed(self, shared: &Arc<Shared>, replies: Vec<oneshot::Sender<bool>>) {
+        shared.reserved.fetch_sub(self.runs.len(), Ordering::SeqCst);
+        let _ = self.committed.send(Some(false));
+        for r in replies {
+            let _ = r.send(false);
+        }
+        shared.wake.notify_one();
+    }
 }
 
 fn start_run(shared: &Arc<Shared>, row: ExecutionRow) {
@@ -346,16 +471,95 @@ fn start_run(shared: &Arc<Shared>, row: ExecutionRow) {
             },
         );
     }
+    spawn_run(shared, row, cancel, None, Arc::new(AtomicBool::new(false)));
+}
+
+fn spawn_run(
+    shared: &Arc<Shared>,
+    row: ExecutionRow,
+    cancel: CancellationToken,
+    early: Option<Early>,
+    ended: Arc<AtomicBool>,
+) {
     let shared = shared.clone();
     tokio::spawn(async move {
         let id = row.id;
-        let run = Run::new(shared.clone(), row, cancel);
-        if let Some(mut run) = run {
-            run.execute().await;
+        let device = row.device_id;
+        let mut early = early;
+        match Run::new(shared.clone(), row, cancel) {
+            Ok(mut run) => {
+                run.early = early;
+                run.execute().await;
+            }
+            Err(update) => {
+                send_write(&shared, &mut early, *update, false).await;
+            }
         }
-        shared.running().remove(&id);
-        shared.wake.notify_one();
+        {
+            let mut running = shared.running();
+            ended.store(true, Ordering::SeqCst);
+            running.remove(&id);
+        }
+        // A free slot is worth a claim only if rows wait for one (see `run_dispatcher`); a
+        // free device may make its next row claimable.
+        if device.is_some() {
+            shared.rows_claimable();
+        } else {
+            shared.wake.notify_one();
+        }
     });
+}
+
+/// Sends a run's write: the first write of a run started before its commit goes back to
+/// the enqueue (or, when the enqueue stopped waiting, to the writer once the row committed);
+/// every other to the writer. With `wait`, returns whether it applied (false = stop).
+async fn send_write(
+    shared: &Shared,
+    early: &mut Option<Early>,
+    update: ExecUpdate,
+    wait: bool,
+) -> bool {
+    let update = match early.take() {
+        None => update,
+        Some(Early {
+            first,
+            mut committed,
+        }) => {
+            let tx = first.expect("an early run's first write is taken once");
+            let (reply, rx) = oneshot::channel();
+            match tx.send(FirstWrite { update, reply }) {
+                Ok(()) => return rx.await.unwrap_or(false),
+                Err(back) => {
+                    // Whatever `wait` says: nothing of the run may reach the store before
+                    // its row.
+                    match committed.wait_for(Option::is_some).await {
+                        Ok(outcome) if *outcome == Some(true) => {}
+                        _ => return false,
+                    }
+                    back.update
+                }
+            }
+        }
+    };
+    if !wait {
+        let _ = shared.writer.send(WriteRequest {
+            update,
+            reply: None,
+        });
+        return true;
+    }
+    let (tx, rx) = oneshot::channel();
+    if shared
+        .writer
+        .send(WriteRequest {
+            update,
+            reply: Some(tx),
+        })
+        .is_err()
+    {
+        return false;
+    }
+    rx.await.unwrap_or(false)
 }
 
 /// How a step ended.
@@ -408,17 +612,24 @@ struct Run {
     /// Effects of steps that ran but are not committed yet; the next write commits them
     /// with the state and starts them (see [`Staged`]).
     staged: Vec<Staged>,
+    /// Started before its row committed: the first write goes back to the enqueue.
+    early: Option<Early>,
 }
 
 impl Run {
-    fn new(shared: Arc<Shared>, row: ExecutionRow, cancel: CancellationToken) -> Option<Run> {
+    /// The run of a row, or the write that fails a row whose snapshot cannot be read.
+    fn new(
+        shared: Arc<Shared>,
+        row: ExecutionRow,
+        cancel: CancellationToken,
+    ) -> Result<Run, Box<ExecUpdate>> {
         let lease_owner = row.lease_owner.clone().unwrap_or_default();
         let state = ExecState::parse(&row.state);
         let snap: Snapshot = match serde_json::from_str(&row.snapshot) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(id = %row.id, error = %e, "unreadable execution snapshot");
-                let update = ExecUpdate {
+                return Err(Box::new(ExecUpdate {
                     id: row.id,
                     lease_owner,
                     attempt: row.attempt,
@@ -429,12 +640,7 @@ impl Run {
                     state: row.state.clone(),
                     search_text: Some(row.search_text.clone()),
                     deliveries: Vec::new(),
-                };
-                let _ = shared.writer.send(WriteRequest {
-                    update,
-                    reply: None,
-                });
-                return None;
+                }));
             }
         };
         let mut roots = Map::new();
@@ -468,7 +674,7 @@ impl Run {
                 .unwrap_or(Value::Null),
         );
         roots.insert("now".into(), Value::String(Ts::now().to_rfc3339()));
-        Some(Run {
+        Ok(Run {
             shared,
             lease_owner,
             snap: Arc::new(snap),
@@ -483,6 +689,7 @@ impl Run {
             next_seq: 0,
             pending_shots: JoinSet::new(),
             staged: Vec::new(),
+            early: None,
             row,
         })
         .map(|mut run| {
@@ -542,27 +749,8 @@ impl Run {
         self.write_now(update, wait).await
     }
 
-    async fn write_now(&self, update: ExecUpdate, wait: bool) -> bool {
-        if !wait {
-            let _ = self.shared.writer.send(WriteRequest {
-                update,
-                reply: None,
-            });
-            return true;
-        }
-        let (tx, rx) = oneshot::channel();
-        if self
-            .shared
-            .writer
-            .send(WriteRequest {
-                update,
-                reply: Some(tx),
-            })
-            .is_err()
-        {
-            return false;
-        }
-        rx.await.unwrap_or(false)
+    async fn write_now(&mut self, update: ExecUpdate, wait: bool) -> bool {
+        send_write(&self.shared, &mut self.early, update, wait).await
     }
 
     /// Writes the terminal status; returns whether this write won.

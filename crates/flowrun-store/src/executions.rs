@@ -76,6 +76,34 @@ impl ExecutionRow {
     pub fn ref_at(&self) -> i64 {
         self.started_at.unwrap_or(self.enqueued_at)
     }
+
+    /// Applies a write of the lease holder to a `running` row that is not stored yet, as the
+    /// stores apply it to a stored one (see their `apply_exec_updates`): a row can then be
+    /// inserted already past its first write. Returns the write's deliveries, which go into
+    /// the same transaction; a write under another lease changes nothing and returns none.
+    pub fn apply(&mut self, u: ExecUpdate) -> Vec<crate::webhooks::DeliveryRow> {
+        if self.status != "running"
+            || self.lease_owner.as_deref() != Some(u.lease_owner.as_str())
+            || self.attempt != u.attempt
+        {
+            return Vec::new();
+        }
+        self.state = u.state;
+        if let Some(status) = u.status.filter(|s| is_terminal(s)) {
+            self.status = status;
+            self.error = u.error;
+            self.finished_at = u.finished_at;
+            if let Some(text) = u.search_text {
+                self.search_text = text;
+            }
+            if u.clear_started {
+                self.started_at = None;
+            }
+            self.lease_owner = None;
+            self.lease_expires_at = None;
+        }
+        u.deliveries
+    }
 }
 
 /// Filters of `GET /executions` and `/executions/metrics` (all AND-ed; `None` = no filter).
@@ -173,15 +201,18 @@ pub trait ExecutionStore: Send + Sync {
     /// Inserts new rows (any status; `pending` ones become claimable) and applies the
     /// definition writes (flow documents with new health / gate state) in one transaction.
     async fn insert_executions(&self, rows: &[ExecutionRow], docs: &[DocWrite]) -> Result<()> {
-        self.insert_executions_routed(rows, docs, &[], 0).await
+        self.insert_executions_routed(rows, &[], docs, &[], 0).await
     }
 
-    /// [`insert_executions`](Self::insert_executions) that also marks these ingested events
-    /// routed (`routed_at = now_ms`) in the same transaction, so an event's rows exist exactly
-    /// when the event is marked: it is routed exactly once, even across restarts.
+    /// [`insert_executions`](Self::insert_executions) that also inserts the deliveries the
+    /// rows' first steps staged (rows that start already past their first write, see
+    /// `ExecutionRow::apply`) and marks these ingested events routed (`routed_at = now_ms`)
+    /// in the same transaction, so an event's rows exist exactly when the event is marked:
+    /// it is routed exactly once, even across restarts.
     async fn insert_executions_routed(
         &self,
         rows: &[ExecutionRow],
+        deliveries: &[crate::webhooks::DeliveryRow],
         docs: &[DocWrite],
         routed_events: &[String],
         now_ms: i64,

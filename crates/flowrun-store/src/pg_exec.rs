@@ -14,6 +14,7 @@ use crate::executions::*;
 use crate::pg_notify::{ABORT, QUEUE, notify};
 use crate::postgres::{PgStore, write_doc};
 use crate::sqlite_exec::call_state;
+use crate::webhooks::DeliveryRow;
 use crate::{DocKind, DocWrite, Result, StoreError};
 
 /// Every column of [`ExecutionRow`], in the order [`exec_from_row`] reads them.
@@ -193,6 +194,7 @@ impl ExecutionStore for PgStore {
     async fn insert_executions_routed(
         &self,
         rows: &[ExecutionRow],
+        deliveries: &[DeliveryRow],
         docs: &[DocWrite],
         routed_events: &[String],
         now_ms: i64,
@@ -247,6 +249,14 @@ impl ExecutionStore for PgStore {
         if rows.iter().any(|r| r.status == "pending") {
             // One wake-up per transaction, whatever the number of rows.
             notify(&mut tx, QUEUE, "").await?;
+        }
+        let deliveries: Vec<&DeliveryRow> = deliveries.iter().collect();
+        crate::pg_webhooks::insert_deliveries_in(&mut tx, &deliveries).await?;
+        if deliveries
+            .iter()
+            .any(|d| d.status == "pending" && d.lease_owner.is_none())
+        {
+            notify(&mut tx, crate::pg_notify::DELIVERIES, "").await?;
         }
         tx.commit().await?;
         Ok(())

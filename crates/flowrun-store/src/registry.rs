@@ -298,7 +298,7 @@ impl Registry {
         routed_events: &[String],
         now_ms: i64,
     ) -> Result<()> {
-        self.apply_enqueue(changes, Vec::new(), rows, routed_events, now_ms)
+        self.apply_enqueue(changes, Vec::new(), rows, &[], routed_events, now_ms)
             .await
     }
 
@@ -310,6 +310,7 @@ impl Registry {
         changes: Vec<Change>,
         last_triggered: Vec<FlowRecord>,
         rows: &[crate::ExecutionRow],
+        deliveries: &[crate::DeliveryRow],
         routed_events: &[String],
         now_ms: i64,
     ) -> Result<()> {
@@ -329,7 +330,7 @@ impl Registry {
             self.store.write_docs(&writes).await?;
         } else {
             self.store
-                .insert_executions_routed(rows, &writes, routed_events, now_ms)
+                .insert_executions_routed(rows, deliveries, &writes, routed_events, now_ms)
                 .await?;
         }
         let mut defs = self.defs.write().unwrap_or_else(|e| e.into_inner());
@@ -399,7 +400,7 @@ impl Registry {
         let now_ms = Ts::now().millis();
         if let Err(e) = self
             .store
-            .insert_executions_routed(&[], &written, &[], now_ms)
+            .insert_executions_routed(&[], &[], &written, &[], now_ms)
             .await
         {
             // Kept for the next flush (merged with what came meanwhile).

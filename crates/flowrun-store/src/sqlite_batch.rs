@@ -17,7 +17,7 @@ use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
 use sqlx::{Connection, QueryBuilder, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::webhooks::AttemptWrite;
+use crate::webhooks::{AttemptWrite, DeliveryRow};
 use crate::{DocWrite, ExecUpdate, ExecutionRow, Result, StoreError};
 
 /// A transaction being written as one query.
@@ -65,9 +65,11 @@ impl<'a> Script<'a> {
 
 /// One caller's write waiting for the next group commit.
 pub(crate) enum Job {
-    /// New execution rows, definition writes and routed events (an enqueue).
+    /// New execution rows, the deliveries their first steps staged, definition writes and
+    /// routed events (an enqueue).
     Insert {
         rows: Vec<ExecutionRow>,
+        deliveries: Vec<DeliveryRow>,
         docs: Vec<DocWrite>,
         routed: Vec<String>,
         now_ms: i64,
@@ -110,12 +112,14 @@ impl CommitQueue {
     pub(crate) async fn insert(
         &self,
         rows: &[ExecutionRow],
+        deliveries: &[DeliveryRow],
         docs: &[DocWrite],
         routed: &[String],
         now_ms: i64,
     ) -> Result<()> {
         self.submit(|reply| Job::Insert {
             rows: rows.to_vec(),
+            deliveries: deliveries.to_vec(),
             docs: docs.to_vec(),
             routed: routed.to_vec(),
             now_ms,
@@ -206,6 +210,7 @@ async fn run_jobs(writer: &SqlitePool, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
         match job {
             Job::Insert {
                 rows,
+                deliveries,
                 docs,
                 routed,
                 now_ms,
@@ -213,6 +218,7 @@ async fn run_jobs(writer: &SqlitePool, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
             } => {
                 crate::sqlite_events::push_mark_routed(script.sql(), routed, *now_ms);
                 crate::sqlite_exec::push_insert_executions(script.sql(), rows);
+                crate::sqlite_webhooks::push_insert_deliveries(script.sql(), deliveries);
                 for d in docs {
                     crate::sqlite::push_write_doc(script.sql(), d, *now_ms);
                 }

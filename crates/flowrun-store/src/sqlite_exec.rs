@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::executions::*;
 use crate::sqlite::SqliteStore;
 use crate::sqlite_webhooks::DELIVERY_COLS;
+use crate::webhooks::DeliveryRow;
 use crate::{DocWrite, Result, StoreError};
 
 /// Every column of [`ExecutionRow`], in the order [`exec_from_row`] reads them.
@@ -127,12 +128,15 @@ impl ExecutionStore for SqliteStore {
     async fn insert_executions_routed(
         &self,
         rows: &[ExecutionRow],
+        deliveries: &[DeliveryRow],
         docs: &[DocWrite],
         routed_events: &[String],
         now_ms: i64,
     ) -> Result<()> {
         // Joins the next group commit (one script for every queued write; see sqlite_batch).
-        self.commits.insert(rows, docs, routed_events, now_ms).await
+        self.commits
+            .insert(rows, deliveries, docs, routed_events, now_ms)
+            .await
     }
 
     async fn flows_with_invocation(

@@ -467,6 +467,19 @@ pub(crate) async fn insert_deliveries_in(
     Ok(())
 }
 
+/// Inserts delivery rows as statements of a script, many rows per statement.
+pub(crate) fn push_insert_deliveries<'a>(
+    qb: &mut QueryBuilder<'a, Sqlite>,
+    rows: &'a [DeliveryRow],
+) {
+    // 19 binds per row; SQLite allows 32766 variables per statement.
+    for chunk in rows.chunks(1000) {
+        qb.push(format!("INSERT INTO webhook_deliveries ({DELIVERY_COLS}) "));
+        qb.push_values(chunk, |mut b, d| bind_delivery(&mut b, d));
+        qb.push("; ");
+    }
+}
+
 /// Applies `health` to the endpoint as it is now in the transaction.
 async fn apply_health(
     conn: &mut SqliteConnection,

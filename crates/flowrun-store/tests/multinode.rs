@@ -187,12 +187,12 @@ async fn an_event_is_routed_by_one_node_only_and_one_node_holds_the_routing_leas
     on_two_nodes(|a, b| async move {
         a.insert_events(&[event("e1"), event("e2")]).await.unwrap();
         let ids = vec!["e1".to_string(), "e2".to_string()];
-        a.insert_executions_routed(&[row(1, "pending")], &[], &ids, 5)
+        a.insert_executions_routed(&[row(1, "pending")], &[], &[], &ids, 5)
             .await
             .unwrap();
         // Node B read the same events before A committed: its transaction rolls back.
         let err = b
-            .insert_executions_routed(&[row(2, "pending")], &[], &ids, 6)
+            .insert_executions_routed(&[row(2, "pending")], &[], &[], &ids, 6)
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err}");

@@ -67,7 +67,7 @@ async fn last_triggered_at_is_written_behind() {
         let mut fired = flow(id);
         fired.flow.last_triggered_at = Some(at);
         registry
-            .apply_enqueue(Vec::new(), vec![fired], &[], &[], at.millis())
+            .apply_enqueue(Vec::new(), vec![fired], &[], &[], &[], at.millis())
             .await
             .unwrap();
         assert_eq!(in_memory(&registry, id), Some(at), "memory at once");
