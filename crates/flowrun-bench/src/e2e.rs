@@ -111,6 +111,7 @@ pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<
             let (t, sink, seq, fire_url) = (t.clone(), sink.clone(), seq.clone(), fire_url.clone());
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
+                let mut replies = Vec::new();
                 loop {
                     let t0 = Instant::now();
                     let elapsed = t0 - start;
@@ -131,19 +132,24 @@ pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<
                         bail!("fire answered {}", resp.status());
                     }
                     let _ = resp.bytes().await;
+                    let replied = Instant::now();
                     let done = tokio::time::timeout(Duration::from_secs(60), rx)
                         .await
                         .context("the run's deliveries did not all arrive within 60 s")??;
                     if elapsed >= warmup {
                         lat.push((done - t0).as_micros() as u64);
+                        replies.push((replied - t0).as_micros() as u64);
                     }
                 }
-                Ok::<_, anyhow::Error>(lat)
+                Ok::<_, anyhow::Error>((lat, replies))
             }));
         }
         let mut all = Vec::new();
+        let mut replies = Vec::new();
         for task in tasks {
-            all.extend(task.await??);
+            let (lat, rep) = task.await??;
+            all.extend(lat);
+            replies.extend(rep);
         }
         let runs = all.len();
         let rate = runs as f64 / measured.as_secs_f64();
@@ -151,6 +157,10 @@ pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<
         println!(
             "  c={clients} e2e latency (fire sent → last of the three requests at the sink): {}",
             summary(all)
+        );
+        println!(
+            "  c={clients} fire reply (fire sent → 202 read): {}",
+            summary(replies)
         );
         if let Ok(Some((before, after))) = cost_sampler.await {
             let n = runs.max(1) as f64;

@@ -274,25 +274,40 @@ async fn commit_batch(shared: &Arc<Shared>, requests: Vec<EnqueueRequest>) {
         replies.push(first.reply);
     }
     let has_pending = plan.rows.iter().any(|r| r.status == "pending");
+    let rows = std::mem::take(&mut plan.rows);
     match registry
         .apply_enqueue(
             changes,
             last_triggered,
-            &plan.rows,
+            &rows,
             &deliveries,
             &routed,
             now.millis(),
         )
         .await
     {
-        Ok(()) => {
+        // Committed: the next batch may be planned on what this one changed while this one
+        // becomes durable; the replies and the runs wait for that.
+        Ok(durable) => {
             if has_pending {
                 shared.rows_claimable();
             }
-            early.committed(shared, &plan.rows, replies);
-            for (r, outcome) in requests.into_iter().zip(outcomes) {
-                let _ = r.reply.send(Ok(outcome));
-            }
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                match durable.await {
+                    Ok(()) => {
+                        early.committed(&shared, &rows, replies);
+                        for (r, outcome) in requests.into_iter().zip(outcomes) {
+                            let _ = r.reply.send(Ok(outcome));
+                        }
+                    }
+                    Err(e) => {
+                        early.failed(&shared, replies);
+                        tracing::error!(error = %e, "enqueue failed");
+                        fail_all(requests, e.into());
+                    }
+                }
+            });
         }
         Err(e) => {
             early.failed(shared, replies);
@@ -443,7 +458,7 @@ fn plan_firing(
             user_id: f.actor_id.as_deref(),
             capture_screenshots: f.capture_screenshots,
         };
-        let hash = snapshot::graph_hash(defs, &rec, &trigger);
+        let hash = snapshot::graph_hash_cached(defs, &rec, &trigger);
         let base_snap = snapshot::build(&rec, &trigger, steps, None, &inputs);
         let rows = RowFactory {
             f,

@@ -3,7 +3,10 @@
 
 use flowrun_core::catalog;
 use flowrun_core::execution::{DeviceSnap, SnapStep, Snapshot};
-use flowrun_core::model::{Device, FlowAction, FlowRecord, Trigger};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use flowrun_core::model::{Action, Device, FlowAction, FlowRecord, Trigger};
 use flowrun_store::{Defs, canonical_json};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -125,6 +128,66 @@ pub fn build(
 }
 
 /// §5.14: SHA-256 (hex) of the canonical JSON of the flow's graph.
+/// [`graph_hash`] of what an earlier call saw, kept while the flow's definition, its trigger
+/// and its actions are the same: every firing needs the hash, and computing it (canonical
+/// JSON of the whole tree and SHA-256) cost more than the rest of planning the row. The
+/// trigger and actions are compared by identity (a change stores a new `Arc`; the entry
+/// holds the old one, so its address cannot be reused), the flow's parts by value (its
+/// record is stored again by every firing, for `lastTriggeredAt`).
+pub fn graph_hash_cached(defs: &Defs, rec: &FlowRecord, trigger: &Arc<Trigger>) -> String {
+    struct Seen {
+        trigger: Arc<Trigger>,
+        actions: Vec<Option<Arc<Action>>>,
+        nodes: Vec<FlowAction>,
+        trigger_id: Uuid,
+        template_resolution_version: i64,
+        device_ids: Vec<Uuid>,
+        hash: String,
+    }
+    static SEEN: std::sync::LazyLock<Mutex<HashMap<Uuid, Seen>>> =
+        std::sync::LazyLock::new(Default::default);
+    let f = &rec.flow;
+    let actions: Vec<Option<Arc<Action>>> = rec
+        .nodes
+        .iter()
+        .map(|n| defs.action(&f.owner_id, n.action_id).cloned())
+        .collect();
+    let same = |s: &Seen| {
+        Arc::ptr_eq(&s.trigger, trigger)
+            && s.actions.len() == actions.len()
+            && s.actions.iter().zip(&actions).all(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            })
+            && s.nodes == rec.nodes
+            && s.trigger_id == f.trigger_id
+            && s.template_resolution_version == f.template_resolution_version
+            && s.device_ids == f.device_ids
+    };
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = seen.get(&f.id).filter(|s| same(s)) {
+        return s.hash.clone();
+    }
+    let hash = graph_hash(defs, rec, trigger);
+    if seen.len() >= 10_000 {
+        seen.clear();
+    }
+    seen.insert(
+        f.id,
+        Seen {
+            trigger: trigger.clone(),
+            actions,
+            nodes: rec.nodes.clone(),
+            trigger_id: f.trigger_id,
+            template_resolution_version: f.template_resolution_version,
+            device_ids: f.device_ids.clone(),
+            hash: hash.clone(),
+        },
+    );
+    hash
+}
+
 pub fn graph_hash(defs: &Defs, rec: &FlowRecord, trigger: &Trigger) -> String {
     let f = &rec.flow;
     let mut device_ids: Vec<String> = f.device_ids.iter().map(|d| d.to_string()).collect();
@@ -164,4 +227,99 @@ pub fn graph_hash(defs: &Defs, rec: &FlowRecord, trigger: &Trigger) -> String {
         "nodes": nodes,
     });
     hex::encode(Sha256::digest(canonical_json(&graph).as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const AT: &str = "2026-01-01T00:00:00.000Z";
+
+    fn trigger(id: Uuid, event_type: &str) -> Arc<Trigger> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "id": id, "name": "t", "description": null, "activation": "event",
+                "eventType": event_type, "conditions": null, "scheduleRule": null,
+                "timezone": null, "customPayloadSchema": null, "nextFireTime": null,
+                "ownerId": "o", "createdBy": null, "userId": "o",
+                "createdAt": AT, "updatedAt": AT,
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn action(id: Uuid, params: Value) -> Arc<Action> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "id": id, "catalogEntryId": Uuid::from_u128(9), "name": "a",
+                "description": null, "service": "webhooks", "method": "webhooks.send",
+                "params": params, "paramsSchema": null, "ownerId": "o", "createdBy": null,
+                "userId": "o", "createdAt": AT, "updatedAt": AT,
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn flow(id: Uuid, trigger_id: Uuid, action_id: Uuid, key: &str) -> FlowRecord {
+        serde_json::from_value(json!({
+            "flow": {
+                "id": id, "name": "f", "description": null,
+                "triggerId": trigger_id, "deviceIds": [], "agentId": null,
+                "lifecycleStatus": "enabled", "enabled": true,
+                "archivedAt": null, "status": "healthy", "consecutiveFailures": 0,
+                "lastFailureAt": null, "lastFailureCode": null, "blockedAt": null,
+                "lastTriggeredAt": null, "healthMonitoringEnabled": true,
+                "selfHealingEnabled": false, "selfHealingMaxAttempts": 3,
+                "cooldownSeconds": null, "cooldownScope": "flow", "notifyOnSuccess": false,
+                "notifyOnFailure": false, "notifyWebhookId": null,
+                "recordingPolicy": {"mode": "off"}, "recordingEnabled": false,
+                "delivery": null, "templateResolutionVersion": 3, "ownerId": "o",
+                "createdBy": null, "userId": "o", "createdAt": AT, "updatedAt": AT
+            },
+            "nodes": [{
+                "id": Uuid::from_u128(50), "flowId": id, "actionId": action_id,
+                "parentFlowActionId": null, "position": 0, "key": key,
+                "nameOverride": null, "overrides": null, "continueOnError": false,
+                "recordingEnabled": false, "createdAt": AT,
+            }]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_kept_graph_hash_follows_every_change_of_its_inputs() {
+        let (flow_id, trigger_id, action_id) =
+            (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let mut defs = Defs::default();
+        let t = trigger(trigger_id, "a.b");
+        defs.actions
+            .insert(action_id, action(action_id, json!({"n": 1})));
+        let rec = flow(flow_id, trigger_id, action_id, "k");
+        let fresh = |defs: &Defs, rec: &FlowRecord, t: &Arc<Trigger>| {
+            let kept = graph_hash_cached(defs, rec, t);
+            assert_eq!(kept, graph_hash(defs, rec, t), "the kept hash is the hash");
+            kept
+        };
+        let first = fresh(&defs, &rec, &t);
+        assert_eq!(fresh(&defs, &rec, &t), first, "unchanged inputs, same hash");
+
+        // Runtime state of the flow is not part of the graph.
+        let mut fired = rec.clone();
+        fired.flow.last_triggered_at = Some(flowrun_core::Ts::now());
+        assert_eq!(fresh(&defs, &fired, &t), first);
+
+        // A changed action (stored as a new Arc), node, trigger or device list moves it.
+        defs.actions
+            .insert(action_id, action(action_id, json!({"n": 2})));
+        let by_action = fresh(&defs, &rec, &t);
+        assert_ne!(by_action, first);
+        let by_node = fresh(&defs, &flow(flow_id, trigger_id, action_id, "k2"), &t);
+        assert_ne!(by_node, by_action);
+        let by_trigger = fresh(&defs, &rec, &trigger(trigger_id, "a.c"));
+        assert_ne!(by_trigger, by_action);
+        let mut with_device = rec.clone();
+        with_device.flow.device_ids = vec![Uuid::from_u128(7)];
+        assert_ne!(fresh(&defs, &with_device, &t), by_action);
+    }
 }

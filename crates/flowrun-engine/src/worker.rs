@@ -357,6 +357,8 @@ struct EarlyRun {
     /// Set (under the `running` lock) when the run's task ends.
     ended: Arc<AtomicBool>,
     first: Option<oneshot::Receiver<FirstWrite>>,
+    /// The run's task, driven by the enqueue up to its first write and then spawned.
+    task: Option<RunTask>,
 }
 
 /// Starts the runs of the handed rows before their commit (see [`Handed`]).
@@ -377,7 +379,7 @@ pub(crate) fn start_early(
                 first: Some(tx),
                 committed: watch_rx.clone(),
             };
-            spawn_run(
+            let task = run_task(
                 shared,
                 rows[i].clone(),
                 cancel.clone(),
@@ -390,6 +392,7 @@ pub(crate) fn start_early(
                 cancel,
                 ended,
                 first: Some(rx),
+                task: Some(task),
             }
         })
         .collect();
@@ -397,17 +400,47 @@ pub(crate) fn start_early(
 }
 
 impl EarlyRuns {
-    /// The first writes handed back before `deadline`, with the indexes of their rows. A
-    /// run that is later sends its write to the writer once the row committed.
+    /// The first writes handed back before `deadline`, with the indexes of their rows. The
+    /// enqueue drives the runs itself up to their first write (no wait for a worker thread
+    /// to pick each up), then spawns them. A run that is later sends its write to the
+    /// writer once the row committed.
     pub(crate) async fn first_writes(
         &mut self,
         deadline: tokio::time::Instant,
     ) -> Vec<(usize, FirstWrite)> {
         let mut out = Vec::with_capacity(self.runs.len());
+        let _ = tokio::time::timeout_at(
+            deadline,
+            std::future::poll_fn(|cx| {
+                let mut waiting = false;
+                for run in &mut self.runs {
+                    let Some(rx) = &mut run.first else { continue };
+                    if let Some(task) = &mut run.task
+                        && task.as_mut().poll(cx).is_ready()
+                    {
+                        run.task = None;
+                    }
+                    match std::pin::Pin::new(rx).poll(cx) {
+                        std::task::Poll::Ready(Ok(w)) => {
+                            out.push((run.row, w));
+                            run.first = None;
+                        }
+                        std::task::Poll::Ready(Err(_)) => run.first = None,
+                        std::task::Poll::Pending => waiting = true,
+                    }
+                }
+                if waiting {
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            }),
+        )
+        .await;
         for run in &mut self.runs {
-            let Some(rx) = run.first.take() else { continue };
-            if let Ok(Ok(w)) = tokio::time::timeout_at(deadline, rx).await {
-                out.push((run.row, w));
+            run.first = None;
+            if let Some(task) = run.task.take() {
+                tokio::spawn(task);
             }
         }
         out
@@ -474,6 +507,9 @@ fn start_run(shared: &Arc<Shared>, row: ExecutionRow) {
     spawn_run(shared, row, cancel, None, Arc::new(AtomicBool::new(false)));
 }
 
+/// A run's task before it is spawned.
+type RunTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 fn spawn_run(
     shared: &Arc<Shared>,
     row: ExecutionRow,
@@ -481,8 +517,18 @@ fn spawn_run(
     early: Option<Early>,
     ended: Arc<AtomicBool>,
 ) {
+    tokio::spawn(run_task(shared, row, cancel, early, ended));
+}
+
+fn run_task(
+    shared: &Arc<Shared>,
+    row: ExecutionRow,
+    cancel: CancellationToken,
+    early: Option<Early>,
+    ended: Arc<AtomicBool>,
+) -> RunTask {
     let shared = shared.clone();
-    tokio::spawn(async move {
+    Box::pin(async move {
         let id = row.id;
         let device = row.device_id;
         let mut early = early;
@@ -507,7 +553,7 @@ fn spawn_run(
         } else {
             shared.wake.notify_one();
         }
-    });
+    })
 }
 
 /// Sends a run's write: the first write of a run started before its commit goes back to

@@ -162,6 +162,10 @@ pub enum AbortOutcome {
     NotFound,
 }
 
+/// Resolves once a committed write is on disk (see
+/// [`ExecutionStore::insert_executions_committed`]).
+pub type Durable = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
 /// A write by the node holding a row's lease. Applied only while the row is still `running`
 /// under that lease (`lease_owner` and `attempt` equal); otherwise it changes nothing.
 #[derive(Clone, Debug, PartialEq)]
@@ -217,6 +221,24 @@ pub trait ExecutionStore: Send + Sync {
         routed_events: &[String],
         now_ms: i64,
     ) -> Result<()>;
+
+    /// [`insert_executions_routed`](Self::insert_executions_routed) in two steps: returns
+    /// once the transaction committed (its rows are visible and every later write of this
+    /// store is ordered after it) with a future that resolves once it is durable. Nobody
+    /// may hear of the rows (a reply, an effect) before that future resolves; meanwhile the
+    /// caller may go on to its next write.
+    async fn insert_executions_committed(
+        &self,
+        rows: &[ExecutionRow],
+        deliveries: &[crate::webhooks::DeliveryRow],
+        docs: &[DocWrite],
+        routed_events: &[String],
+        now_ms: i64,
+    ) -> Result<Durable> {
+        self.insert_executions_routed(rows, deliveries, docs, routed_events, now_ms)
+            .await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
 
     /// The flow ids among `flow_ids` that already have a row with this invocation id.
     async fn flows_with_invocation(
@@ -309,4 +331,82 @@ pub trait ExecutionStore: Send + Sync {
 
     /// Count of `pending` rows (queue depth).
     async fn count_pending(&self) -> Result<i64>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running() -> ExecutionRow {
+        ExecutionRow {
+            id: Uuid::from_u128(1),
+            owner_id: "o".into(),
+            flow_id: Uuid::from_u128(2),
+            trigger_id: Uuid::from_u128(3),
+            kind: "live".into(),
+            status: "running".into(),
+            device_id: None,
+            invocation_id: None,
+            event_id: None,
+            error: None,
+            flow_name: Some("f".into()),
+            trigger_name: Some("t".into()),
+            created_by: None,
+            enqueued_at: 10,
+            started_at: Some(10),
+            finished_at: None,
+            attempt: 0,
+            lease_owner: Some("node".into()),
+            lease_expires_at: Some(30_010),
+            graph_hash: None,
+            snapshot: "{}".into(),
+            state: "{\"initial\":true}".into(),
+            search_text: "f\nt\n".into(),
+        }
+    }
+
+    fn write(status: Option<&str>, lease_owner: &str) -> ExecUpdate {
+        ExecUpdate {
+            id: Uuid::from_u128(1),
+            lease_owner: lease_owner.into(),
+            attempt: 0,
+            status: status.map(str::to_string),
+            error: status.map(|_| "step: boom".to_string()),
+            finished_at: status.map(|_| 20),
+            clear_started: false,
+            state: "{\"after\":true}".into(),
+            search_text: status.map(|_| "f\nt\nstep: boom".to_string()),
+            deliveries: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_write_applied_before_the_insert_matches_the_stored_update() {
+        let mut progress = running();
+        progress.apply(write(None, "node"));
+        assert_eq!(progress.status, "running");
+        assert_eq!(progress.state, "{\"after\":true}");
+        assert_eq!(progress.lease_owner.as_deref(), Some("node"));
+        assert_eq!(progress.finished_at, None);
+
+        let mut done = running();
+        done.apply(write(Some("failed"), "node"));
+        assert_eq!(done.status, "failed");
+        assert_eq!(done.error.as_deref(), Some("step: boom"));
+        assert_eq!(done.finished_at, Some(20));
+        assert_eq!(done.search_text, "f\nt\nstep: boom");
+        assert_eq!((done.lease_owner, done.lease_expires_at), (None, None));
+        assert_eq!(done.started_at, Some(10));
+
+        let mut skipped = running();
+        let mut w = write(Some("skipped"), "node");
+        w.clear_started = true;
+        skipped.apply(w);
+        assert_eq!(skipped.started_at, None);
+
+        // Another lease holder's write changes nothing, and its deliveries are dropped.
+        let mut fenced = running();
+        assert!(fenced.apply(write(Some("success"), "other")).is_empty());
+        assert_eq!(fenced, running());
+    }
 }

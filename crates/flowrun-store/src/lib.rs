@@ -36,8 +36,8 @@ pub use artifacts::{ArtifactRow, ArtifactStore, RepairRow};
 pub use canonical::{canonical_json, write_canonical};
 pub use events::{EventKey, EventRow, EventStore, KeyedEvents};
 pub use executions::{
-    AbortOutcome, ExecFilter, ExecMetrics, ExecOrder, ExecOrderBy, ExecUpdate, ExecutionRow,
-    ExecutionStore, ReapOutcome,
+    AbortOutcome, Durable, ExecFilter, ExecMetrics, ExecOrder, ExecOrderBy, ExecUpdate,
+    ExecutionRow, ExecutionStore, ReapOutcome,
 };
 pub use registry::{Change, Defs, Registry};
 pub use schedules::{ClaimedSchedule, ScheduleAdvance, ScheduleRow, ScheduleStore};

@@ -299,12 +299,14 @@ impl Registry {
         now_ms: i64,
     ) -> Result<()> {
         self.apply_enqueue(changes, Vec::new(), rows, &[], routed_events, now_ms)
+            .await?
             .await
     }
 
     /// [`apply_with_executions`](Self::apply_with_executions), plus flows whose only change is
     /// `lastTriggeredAt`: they reach memory with the rest and the store later
-    /// ([`flush_behind`](Self::flush_behind)).
+    /// ([`flush_behind`](Self::flush_behind)). Returns once committed, with the future of
+    /// durability (see [`ExecutionStore::insert_executions_committed`](crate::ExecutionStore::insert_executions_committed)).
     pub async fn apply_enqueue(
         &self,
         changes: Vec<Change>,
@@ -313,7 +315,7 @@ impl Registry {
         deliveries: &[crate::DeliveryRow],
         routed_events: &[String],
         now_ms: i64,
-    ) -> Result<()> {
+    ) -> Result<crate::Durable> {
         let mut writes = Vec::with_capacity(changes.len());
         for c in &changes {
             writes.push(match c {
@@ -326,13 +328,14 @@ impl Registry {
                 Change::DeleteDevice(id) => del(DocKind::Device, *id),
             });
         }
-        if rows.is_empty() && routed_events.is_empty() {
+        let durable: crate::Durable = if rows.is_empty() && routed_events.is_empty() {
             self.store.write_docs(&writes).await?;
+            Box::pin(std::future::ready(Ok(())))
         } else {
             self.store
-                .insert_executions_routed(rows, deliveries, &writes, routed_events, now_ms)
-                .await?;
-        }
+                .insert_executions_committed(rows, deliveries, &writes, routed_events, now_ms)
+                .await?
+        };
         let mut defs = self.defs.write().unwrap_or_else(|e| e.into_inner());
         for c in changes {
             match c {
@@ -365,7 +368,7 @@ impl Registry {
                 defs.put_flow(f);
             }
         }
-        Ok(())
+        Ok(durable)
     }
 
     fn behind_of(&self, id: Uuid) -> Option<(String, Ts)> {

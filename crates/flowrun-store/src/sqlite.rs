@@ -54,11 +54,22 @@ impl SqliteStore {
             .connect_with(opts.read_only(true))
             .await?;
         Ok(Self {
-            commits: crate::sqlite_batch::CommitQueue::start(writer.clone()),
+            commits: crate::sqlite_batch::CommitQueue::start(writer.clone(), wal_path(path)),
             writer,
             reader,
         })
     }
+}
+
+/// The WAL file of the database at `path` (a file path or a `file:` URI, maybe with a
+/// query); none for an in-memory database.
+fn wal_path(path: &str) -> Option<std::path::PathBuf> {
+    if path == ":memory:" || path.contains("mode=memory") {
+        return None;
+    }
+    let file = path.strip_prefix("file:").unwrap_or(path);
+    let file = file.split('?').next().unwrap_or(file);
+    Some(std::path::PathBuf::from(format!("{file}-wal")))
 }
 
 #[async_trait]

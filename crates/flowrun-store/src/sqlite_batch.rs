@@ -9,8 +9,18 @@
 //!   terminal writes with their staged deliveries, delivery attempt records) into one script
 //!   per turn: a group commit across kinds. A job whose script fails is retried alone, so one
 //!   bad job fails only itself.
+//! - the fsync is taken out of the serial stage: a script commits with `synchronous = NORMAL`
+//!   (no fsync inside COMMIT, so the write lock is free again at once) and a flusher thread
+//!   then fsyncs the WAL file; only after that does anyone hear that the write is done. The
+//!   next script is written while the previous one's fsync runs, and one fsync covers every
+//!   script committed before it started. Nothing is answered before it is on disk: the WAL
+//!   frames of a COMMIT that returned are written, an fsync of the file makes them durable,
+//!   and a checkpoint (which may move them into the database file first) syncs the WAL
+//!   before and the database after it also with `NORMAL`.
 
 use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
@@ -26,9 +36,12 @@ pub(crate) struct Script<'a> {
 }
 
 impl<'a> Script<'a> {
-    pub(crate) fn new() -> Self {
+    /// A transaction whose COMMIT does not fsync: the caller makes it durable (see the
+    /// module notes) before telling anyone it is done. Other writes on the connection keep
+    /// `synchronous = FULL`.
+    fn unsynced() -> Self {
         Self {
-            qb: QueryBuilder::new("BEGIN IMMEDIATE; "),
+            qb: QueryBuilder::new("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE; "),
         }
     }
 
@@ -40,7 +53,7 @@ impl<'a> Script<'a> {
     /// Runs the transaction on the pool's (single) writer connection and returns the rows the
     /// statements returned, in order. On an error nothing is committed.
     pub(crate) async fn run(mut self, writer: &SqlitePool) -> Result<Vec<SqliteRow>> {
-        self.qb.push("COMMIT;");
+        self.qb.push("COMMIT; PRAGMA synchronous = FULL;");
         let mut conn = writer.acquire().await?;
         // Kept prepared: under a steady load the same shapes (kinds and row counts) come back,
         // and parsing a multi-row script costs about as much as running it.
@@ -50,12 +63,16 @@ impl<'a> Script<'a> {
             Err(e) => {
                 // The failed statement left the transaction open (or COMMIT failed): end it,
                 // and give up the connection if even that fails.
-                match sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                    Ok(_) => {}
-                    Err(sqlx::Error::Database(d)) if d.message().contains("no transaction") => {}
-                    Err(_) => {
-                        let _ = conn.detach().close().await;
-                    }
+                let restored = match sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                    Ok(_) => true,
+                    Err(sqlx::Error::Database(d)) if d.message().contains("no transaction") => true,
+                    Err(_) => false,
+                } && sqlx::query("PRAGMA synchronous = FULL")
+                    .execute(&mut *conn)
+                    .await
+                    .is_ok();
+                if !restored {
+                    let _ = conn.detach().close().await;
                 }
                 Err(StoreError::Database(e))
             }
@@ -73,6 +90,9 @@ pub(crate) enum Job {
         docs: Vec<DocWrite>,
         routed: Vec<String>,
         now_ms: i64,
+        /// Hears when the script committed (visible, not yet durable).
+        committed: Option<oneshot::Sender<()>>,
+        /// Hears when it is durable, or why it failed.
         reply: oneshot::Sender<Result<()>>,
     },
     /// Fenced execution writes; replies which applied.
@@ -97,9 +117,16 @@ pub(crate) struct CommitQueue {
 const RECORD_LINGER: Duration = Duration::from_millis(2);
 
 impl CommitQueue {
-    pub(crate) fn start(writer: SqlitePool) -> Self {
+    /// Starts the writer task and its flusher thread; `wal` is the database's WAL file (none
+    /// for an in-memory database).
+    pub(crate) fn start(writer: SqlitePool, wal: Option<PathBuf>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_queue(writer, rx));
+        let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("flowrun-wal-sync".into())
+            .spawn(move || run_flusher(wal, flush_rx))
+            .expect("the WAL flusher thread starts");
+        tokio::spawn(run_queue(writer, rx, flush_tx));
         Self { tx }
     }
 
@@ -109,6 +136,7 @@ impl CommitQueue {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Returns once the rows committed, with the future of their fsync.
     pub(crate) async fn insert(
         &self,
         rows: &[ExecutionRow],
@@ -116,16 +144,29 @@ impl CommitQueue {
         docs: &[DocWrite],
         routed: &[String],
         now_ms: i64,
-    ) -> Result<()> {
-        self.submit(|reply| Job::Insert {
-            rows: rows.to_vec(),
-            deliveries: deliveries.to_vec(),
-            docs: docs.to_vec(),
-            routed: routed.to_vec(),
-            now_ms,
-            reply,
-        })
-        .await
+    ) -> Result<crate::Durable> {
+        let (committed, committed_rx) = oneshot::channel();
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Insert {
+                rows: rows.to_vec(),
+                deliveries: deliveries.to_vec(),
+                docs: docs.to_vec(),
+                routed: routed.to_vec(),
+                now_ms,
+                committed: Some(committed),
+                reply,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        let durable = async move { rx.await.map_err(|_| StoreError::Closed)? };
+        match committed_rx.await {
+            Ok(()) => Ok(Box::pin(durable)),
+            // No commit: the reply says why.
+            Err(_) => {
+                durable.await?;
+                Ok(Box::pin(std::future::ready(Ok(()))))
+            }
+        }
     }
 
     pub(crate) async fn exec(&self, updates: &[ExecUpdate]) -> Result<Vec<bool>> {
@@ -141,7 +182,14 @@ impl CommitQueue {
     }
 }
 
-async fn run_queue(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<Job>) {
+/// Jobs whose script committed without fsync, with their results, waiting for the flusher.
+type Committed = Vec<(Job, Vec<bool>)>;
+
+async fn run_queue(
+    writer: SqlitePool,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    flusher: mpsc::UnboundedSender<Committed>,
+) {
     let mut jobs: Vec<Job> = Vec::new();
     while let Some(first) = rx.recv().await {
         jobs.push(first);
@@ -153,27 +201,80 @@ async fn run_queue(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<Job>) {
             drain(&mut rx, &mut jobs);
         }
         let batch = std::mem::take(&mut jobs);
-        match run_jobs(&writer, &batch).await {
-            Ok(results) => {
-                for (job, result) in batch.into_iter().zip(results) {
-                    reply(job, Ok(result));
-                }
-            }
+        let committed: Committed = match run_jobs(&writer, &batch).await {
+            Ok(results) => batch.into_iter().zip(results).collect(),
             Err(_) if batch.len() > 1 => {
                 // Find the culprit: every job on its own.
+                let mut committed = Vec::new();
                 for job in batch {
-                    let result = run_jobs(&writer, std::slice::from_ref(&job))
-                        .await
-                        .map(|mut r| r.pop().unwrap_or_default());
-                    reply(job, result);
+                    match run_jobs(&writer, std::slice::from_ref(&job)).await {
+                        Ok(mut r) => committed.push((job, r.pop().unwrap_or_default())),
+                        Err(e) => reply(job, Err(e)),
+                    }
                 }
+                committed
             }
             Err(e) => {
                 for job in batch {
                     reply(job, Err(StoreError::Batch(e.to_string())));
                 }
+                Vec::new()
+            }
+        };
+        let mut committed = committed;
+        for (job, _) in &mut committed {
+            if let Job::Insert { committed, .. } = job
+                && let Some(c) = committed.take()
+            {
+                let _ = c.send(());
             }
         }
+        if !committed.is_empty()
+            && let Err(mpsc::error::SendError(lost)) = flusher.send(committed)
+        {
+            for (job, _) in lost {
+                reply(job, Err(StoreError::Closed));
+            }
+        }
+    }
+}
+
+/// Makes committed scripts durable and only then answers their jobs: one fsync of the WAL
+/// for every script that committed before it started.
+fn run_flusher(wal: Option<PathBuf>, mut rx: mpsc::UnboundedReceiver<Committed>) {
+    let mut file: Option<(std::fs::File, u64)> = None;
+    while let Some(first) = rx.blocking_recv() {
+        let mut done = first;
+        while let Ok(more) = rx.try_recv() {
+            done.extend(more);
+        }
+        let synced = wal
+            .as_ref()
+            .map_or(Ok(()), |wal| sync_wal(wal, &mut file))
+            .map_err(|e| {
+                tracing::error!(error = %e, "fsync of the WAL failed");
+                StoreError::Batch(format!("fsync of the WAL failed: {e}"))
+            });
+        for (job, result) in done {
+            let result = match &synced {
+                Ok(()) => Ok(result),
+                Err(e) => Err(StoreError::Batch(e.to_string())),
+            };
+            reply(job, result);
+        }
+    }
+}
+
+/// fsyncs the WAL file through a kept descriptor, opened again when the path names another
+/// file (SQLite deletes and recreates the WAL when the last connection closes).
+fn sync_wal(wal: &std::path::Path, file: &mut Option<(std::fs::File, u64)>) -> std::io::Result<()> {
+    let inode = std::fs::metadata(wal)?.ino();
+    if file.as_ref().is_none_or(|(_, ino)| *ino != inode) {
+        *file = Some((std::fs::File::open(wal)?, inode));
+    }
+    match file {
+        Some((f, _)) => f.sync_data(),
+        None => Ok(()),
     }
 }
 
@@ -204,7 +305,7 @@ fn tag(job: usize, round: usize) -> i64 {
 
 /// Runs jobs in one script; returns each job's applied flags (empty for an insert).
 async fn run_jobs(writer: &SqlitePool, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
-    let mut script = Script::new();
+    let mut script = Script::unsynced();
     let mut plans: Vec<Vec<Vec<usize>>> = Vec::with_capacity(jobs.len());
     for (j, job) in jobs.iter().enumerate() {
         match job {
@@ -282,4 +383,32 @@ async fn run_jobs(writer: &SqlitePool, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
             applied
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wal_is_synced_through_the_file_the_path_names_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("db-wal");
+        let mut kept = None;
+        assert!(sync_wal(&wal, &mut kept).is_err(), "no file, no sync");
+        std::fs::write(&wal, b"frames").unwrap();
+        sync_wal(&wal, &mut kept).unwrap();
+        let first = kept.as_ref().map(|(_, ino)| *ino).unwrap();
+        sync_wal(&wal, &mut kept).unwrap();
+        assert_eq!(
+            kept.as_ref().map(|(_, ino)| *ino),
+            Some(first),
+            "kept descriptor"
+        );
+        // SQLite deleted and recreated the WAL: the kept descriptor is of the old file.
+        std::fs::remove_file(&wal).unwrap();
+        std::fs::write(&wal, b"new frames").unwrap();
+        sync_wal(&wal, &mut kept).unwrap();
+        let again = kept.as_ref().map(|(_, ino)| *ino).unwrap();
+        assert_eq!(again, std::fs::metadata(&wal).unwrap().ino());
+    }
 }

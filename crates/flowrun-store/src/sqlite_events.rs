@@ -36,7 +36,7 @@ pub(crate) fn push_mark_routed<'a>(
 ) {
     // SQLite allows 32766 variables per statement.
     for chunk in ids.chunks(30_000) {
-        qb.push("UPDATE events SET routed_at = ");
+        qb.push("UPDATE OR ROLLBACK events SET routed_at = ");
         qb.push_bind(now_ms);
         qb.push(" WHERE routed_at IS NULL AND id IN (");
         let mut sep = qb.separated(", ");

@@ -133,6 +133,19 @@ impl ExecutionStore for SqliteStore {
         routed_events: &[String],
         now_ms: i64,
     ) -> Result<()> {
+        self.insert_executions_committed(rows, deliveries, docs, routed_events, now_ms)
+            .await?
+            .await
+    }
+
+    async fn insert_executions_committed(
+        &self,
+        rows: &[ExecutionRow],
+        deliveries: &[DeliveryRow],
+        docs: &[DocWrite],
+        routed_events: &[String],
+        now_ms: i64,
+    ) -> Result<Durable> {
         // Joins the next group commit (one script for every queued write; see sqlite_batch).
         self.commits
             .insert(rows, deliveries, docs, routed_events, now_ms)
@@ -499,7 +512,7 @@ pub(crate) fn push_exec_updates<'a>(
             crate::sqlite_webhooks::bind_delivery(&mut b, d);
         });
         qb.push(format!(
-            ") INSERT INTO webhook_deliveries ({DELIVERY_COLS}) \
+            ") INSERT OR ROLLBACK INTO webhook_deliveries ({DELIVERY_COLS}) \
              SELECT {} FROM d JOIN executions e ON e.id = d.exec_id \
              AND e.status = 'running' AND e.lease_owner = d.exec_owner \
              AND e.attempt = d.exec_attempt; ",
@@ -527,7 +540,7 @@ pub(crate) fn push_exec_updates<'a>(
                 .push_bind(u.clear_started);
         });
         qb.push(
-            ") UPDATE executions SET status = v.status, error = v.error, \
+            ") UPDATE OR ROLLBACK executions SET status = v.status, error = v.error, \
              finished_at = v.finished_at, state = v.state, \
              search_text = COALESCE(v.search_text, executions.search_text), \
              started_at = CASE WHEN v.clear_started THEN NULL ELSE executions.started_at END, \
@@ -549,7 +562,7 @@ pub(crate) fn push_exec_updates<'a>(
                 .push_bind(&u.state);
         });
         qb.push(
-            ") UPDATE executions SET state = v.state \
+            ") UPDATE OR ROLLBACK executions SET state = v.state \
              FROM v WHERE executions.id = v.id AND executions.status = 'running' \
              AND executions.lease_owner = v.owner AND executions.attempt = v.attempt \
              RETURNING executions.id, ",
@@ -565,7 +578,7 @@ pub(crate) fn push_insert_executions<'a>(
 ) {
     // 23 binds per row; SQLite allows 32766 variables per statement.
     for chunk in rows.chunks(1000) {
-        qb.push(format!("INSERT INTO executions ({COLS}) "));
+        qb.push(format!("INSERT OR ROLLBACK INTO executions ({COLS}) "));
         qb.push_values(chunk, |mut b, r| {
             b.push_bind(r.id.to_string())
                 .push_bind(&r.owner_id)

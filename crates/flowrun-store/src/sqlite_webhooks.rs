@@ -474,7 +474,9 @@ pub(crate) fn push_insert_deliveries<'a>(
 ) {
     // 19 binds per row; SQLite allows 32766 variables per statement.
     for chunk in rows.chunks(1000) {
-        qb.push(format!("INSERT INTO webhook_deliveries ({DELIVERY_COLS}) "));
+        qb.push(format!(
+            "INSERT OR ROLLBACK INTO webhook_deliveries ({DELIVERY_COLS}) "
+        ));
         qb.push_values(chunk, |mut b, d| bind_delivery(&mut b, d));
         qb.push("; ");
     }
@@ -564,7 +566,7 @@ pub(crate) fn push_attempts<'a>(
                 .push_bind(&a.error);
         });
         qb.push(format!(
-            ") INSERT INTO webhook_attempts ({ATTEMPT_COLS}) SELECT {} FROM a \
+            ") INSERT OR ROLLBACK INTO webhook_attempts ({ATTEMPT_COLS}) SELECT {} FROM a \
              JOIN webhook_deliveries d ON d.id = a.delivery_id AND d.attempts = a.expected \
              WHERE true ON CONFLICT DO NOTHING; ",
             crate::prefixed("a.", ATTEMPT_COLS)
@@ -587,7 +589,7 @@ pub(crate) fn push_attempts<'a>(
             .push_bind(&w.status);
     });
     qb.push(
-        ") UPDATE webhook_deliveries SET attempts = v.attempts, \
+        ") UPDATE OR ROLLBACK webhook_deliveries SET attempts = v.attempts, \
          last_status_code = v.last_status_code, last_error = v.last_error, \
          duration_ms = v.duration_ms, \
          completed_at = CASE WHEN webhook_deliveries.status = 'pending' \

@@ -69,6 +69,8 @@ async fn last_triggered_at_is_written_behind() {
         registry
             .apply_enqueue(Vec::new(), vec![fired], &[], &[], &[], at.millis())
             .await
+            .unwrap()
+            .await
             .unwrap();
         assert_eq!(in_memory(&registry, id), Some(at), "memory at once");
         assert_eq!(stored_last_triggered(&registry, id).await, None);
