@@ -388,8 +388,7 @@ impl Webhooks {
         match (permit, self.me.upgrade()) {
             (Some(permit), Some(me)) => {
                 tokio::spawn(async move {
-                    me.attempt_and_record(row, Some(endpoint)).await;
-                    drop(permit);
+                    me.attempt_and_record(row, Some(endpoint), permit).await;
                 });
             }
             _ if row.status == "pending" => {
@@ -402,10 +401,15 @@ impl Webhooks {
 
     /// Makes a claimed or staged row's attempt; a retry scheduled (or a backlog waiting for
     /// this slot) wakes the worker.
-    async fn attempt_and_record(&self, row: DeliveryRow, endpoint: Option<EndpointRow>) {
+    async fn attempt_and_record(
+        &self,
+        row: DeliveryRow,
+        endpoint: Option<EndpointRow>,
+        slot: OwnedSemaphorePermit,
+    ) {
         let id = row.id;
         let last = row.is_test || row.attempts + 1 >= self.config.max_attempts();
-        match self.attempt(row, endpoint).await {
+        match self.attempt(row, endpoint, Some(slot)).await {
             Ok(sent) => {
                 if !last && sent.is_some_and(|s| !s.success()) {
                     self.wake.notify_one();
@@ -439,11 +443,13 @@ impl Webhooks {
 
     /// One turn of a claimed delivery: re-checks routing, makes the attempt and records it.
     /// Returns what the attempt produced (None when no request was sent). `endpoint` is the
-    /// endpoint as just read by the caller, if it has it.
+    /// endpoint as just read by the caller, if it has it. The `slot` (a bound on requests in
+    /// flight) is given back as soon as the request is done, not after its record commits.
     async fn attempt(
         &self,
         row: DeliveryRow,
         endpoint: Option<EndpointRow>,
+        slot: Option<OwnedSemaphorePermit>,
     ) -> Result<Option<Sent>, StoreError> {
         let endpoint = match endpoint {
             Some(e) => Some(e),
@@ -482,6 +488,7 @@ impl Webhooks {
             &body,
         );
         let sent = self.outbound.post(&url, &headers, &body).await;
+        drop(slot);
         let attempt_no = row.attempts + 1;
         let finished = Ts::now().millis();
         let success = sent.success();
@@ -669,8 +676,7 @@ async fn run_worker(hooks: Arc<Webhooks>) {
                     for (row, permit) in rows.into_iter().zip(permits.drain(..)) {
                         let h = hooks.clone();
                         tokio::spawn(async move {
-                            h.attempt_and_record(row, None).await;
-                            drop(permit);
+                            h.attempt_and_record(row, None, permit).await;
                         });
                     }
                     if claimed == free {
@@ -882,7 +888,7 @@ impl WebhookService for Webhooks {
             .await
             .map_err(|e| e.to_string())?;
         let sent = self
-            .attempt(row, Some(endpoint))
+            .attempt(row, Some(endpoint), None)
             .await
             .map_err(|e| e.to_string())?;
         Ok(Some(match sent {
