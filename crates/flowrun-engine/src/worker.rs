@@ -338,8 +338,8 @@ pub(crate) struct FirstWrite {
 
 /// How a run started before its row's commit gets that commit.
 struct Early {
-    /// Taken by the first write; dropped by an enqueue that stopped waiting for it.
-    first: Option<oneshot::Sender<FirstWrite>>,
+    /// Where the first write goes; the enqueue drops the other end when it stops waiting.
+    first: oneshot::Sender<FirstWrite>,
     /// The enqueue's outcome: `Some(true)` once committed (and the run registered).
     committed: watch::Receiver<Option<bool>>,
 }
@@ -376,7 +376,7 @@ pub(crate) fn start_early(
             let cancel = CancellationToken::new();
             let ended = Arc::new(AtomicBool::new(false));
             let early = Early {
-                first: Some(tx),
+                first: tx,
                 committed: watch_rx.clone(),
             };
             let task = run_task(
@@ -571,9 +571,8 @@ async fn send_write(
             first,
             mut committed,
         }) => {
-            let tx = first.expect("an early run's first write is taken once");
             let (reply, rx) = oneshot::channel();
-            match tx.send(FirstWrite { update, reply }) {
+            match first.send(FirstWrite { update, reply }) {
                 Ok(()) => return rx.await.unwrap_or(false),
                 Err(back) => {
                     // Whatever `wait` says: nothing of the run may reach the store before
