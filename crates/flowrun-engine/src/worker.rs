@@ -783,7 +783,7 @@ impl Run {
                 .filter_map(|s| s.0.downcast_ref::<StagedDelivery>())
                 .map(|d| d.row.clone())
                 .collect();
-            let applied = self.write_now(update, true).await;
+            let applied = send_write(&self.shared, &mut self.early, update, true).await;
             if applied && let Some(service) = self.shared.executor.webhooks() {
                 for s in staged {
                     service.start_staged(s);
@@ -791,10 +791,6 @@ impl Run {
             }
             return applied;
         }
-        self.write_now(update, wait).await
-    }
-
-    async fn write_now(&mut self, update: ExecUpdate, wait: bool) -> bool {
         send_write(&self.shared, &mut self.early, update, wait).await
     }
 

@@ -201,7 +201,7 @@ async fn run_queue(
             drain(&mut rx, &mut jobs);
         }
         let batch = std::mem::take(&mut jobs);
-        let committed: Committed = match run_jobs(&writer, &batch).await {
+        let mut committed: Committed = match run_jobs(&writer, &batch).await {
             Ok(results) => batch.into_iter().zip(results).collect(),
             Err(_) if batch.len() > 1 => {
                 // Find the culprit: every job on its own.
@@ -221,7 +221,6 @@ async fn run_queue(
                 Vec::new()
             }
         };
-        let mut committed = committed;
         for (job, _) in &mut committed {
             if let Job::Insert { committed, .. } = job
                 && let Some(c) = committed.take()
@@ -253,14 +252,13 @@ fn run_flusher(wal: Option<PathBuf>, mut rx: mpsc::UnboundedReceiver<Committed>)
             .map_or(Ok(()), |wal| sync_wal(wal, &mut file))
             .map_err(|e| {
                 tracing::error!(error = %e, "fsync of the WAL failed");
-                StoreError::Batch(format!("fsync of the WAL failed: {e}"))
+                format!("fsync of the WAL failed: {e}")
             });
         for (job, result) in done {
-            let result = match &synced {
-                Ok(()) => Ok(result),
-                Err(e) => Err(StoreError::Batch(e.to_string())),
-            };
-            reply(job, result);
+            reply(
+                job,
+                synced.clone().map(|()| result).map_err(StoreError::Batch),
+            );
         }
     }
 }
@@ -269,13 +267,11 @@ fn run_flusher(wal: Option<PathBuf>, mut rx: mpsc::UnboundedReceiver<Committed>)
 /// file (SQLite deletes and recreates the WAL when the last connection closes).
 fn sync_wal(wal: &std::path::Path, file: &mut Option<(std::fs::File, u64)>) -> std::io::Result<()> {
     let inode = std::fs::metadata(wal)?.ino();
-    if file.as_ref().is_none_or(|(_, ino)| *ino != inode) {
-        *file = Some((std::fs::File::open(wal)?, inode));
-    }
-    match file {
-        Some((f, _)) => f.sync_data(),
-        None => Ok(()),
-    }
+    let kept = match file {
+        Some((f, ino)) if *ino == inode => f,
+        _ => &file.insert((std::fs::File::open(wal)?, inode)).0,
+    };
+    kept.sync_data()
 }
 
 fn drain(rx: &mut mpsc::UnboundedReceiver<Job>, jobs: &mut Vec<Job>) {

@@ -294,8 +294,10 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn insert_delivery(&self, d: &DeliveryRow) -> Result<()> {
-        let mut conn = self.writer.acquire().await?;
-        insert_delivery_in(&mut conn, d).await
+        let mut qb = QueryBuilder::new("");
+        push_insert_deliveries(&mut qb, std::slice::from_ref(d));
+        qb.build().execute(&self.writer).await?;
+        Ok(())
     }
 
     async fn claim_deliveries(
@@ -444,27 +446,6 @@ impl WebhookStore for SqliteStore {
         }
         Ok(out)
     }
-}
-
-/// Inserts one delivery row on `conn` (alone, or inside a caller's transaction).
-pub(crate) async fn insert_delivery_in(conn: &mut SqliteConnection, d: &DeliveryRow) -> Result<()> {
-    insert_deliveries_in(conn, &[d]).await
-}
-
-/// Inserts delivery rows on `conn`, many per statement.
-pub(crate) async fn insert_deliveries_in(
-    conn: &mut SqliteConnection,
-    rows: &[&DeliveryRow],
-) -> Result<()> {
-    // 19 binds per row; SQLite allows 32766 variables per statement.
-    for chunk in rows.chunks(1000) {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "INSERT INTO webhook_deliveries ({DELIVERY_COLS}) "
-        ));
-        qb.push_values(chunk, |mut b, d| bind_delivery(&mut b, d));
-        qb.build().execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 /// Inserts delivery rows as statements of a script, many rows per statement.
