@@ -7,6 +7,7 @@
 //! within milliseconds.
 
 pub mod adb;
+mod http1;
 pub mod mobilerun;
 mod text_wait;
 pub mod webhook;

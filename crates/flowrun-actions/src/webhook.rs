@@ -310,6 +310,11 @@ struct Host {
 
 /// The host of an absolute http(s) URL.
 fn target_host(url: &str) -> Result<(Host, u16), TargetError> {
+    target_url(url).map(|(host, port, _)| (host, port))
+}
+
+/// The host of an absolute http(s) URL, with the URL as parsed.
+fn target_url(url: &str) -> Result<(Host, u16, reqwest::Url), TargetError> {
     let u = reqwest::Url::parse(url)
         .map_err(|_| TargetError::InvalidUrl("url must be an absolute http or https URL".into()))?;
     if !matches!(u.scheme(), "http" | "https") {
@@ -327,7 +332,7 @@ fn target_host(url: &str) -> Result<(Host, u16), TargetError> {
         name: bare.to_string(),
         ip: IpAddr::from_str(bare).ok(),
     };
-    Ok((host, port))
+    Ok((host, port, u))
 }
 
 /// A resolver error: the name resolves to a refused address.
@@ -408,8 +413,12 @@ impl Sent {
 /// The outbound HTTP client of webhook deliveries.
 #[derive(Clone)]
 pub struct Outbound {
+    /// `https` targets.
     client: reqwest::Client,
+    /// Plain-`http` targets.
+    plain: Arc<crate::http1::Pool>,
     policy: Arc<TargetPolicy>,
+    timeout: Duration,
 }
 
 impl fmt::Debug for Outbound {
@@ -434,7 +443,12 @@ impl Outbound {
             }))
             .build()
             .expect("the webhook HTTP client builds");
-        Self { client, policy }
+        Self {
+            client,
+            plain: Arc::default(),
+            policy,
+            timeout,
+        }
     }
 
     pub fn policy(&self) -> &TargetPolicy {
@@ -445,7 +459,7 @@ impl Outbound {
     pub async fn post(&self, url: &str, headers: &[(String, String)], body: &str) -> Sent {
         let started = Instant::now();
         let elapsed = |s: Instant| s.elapsed().as_millis() as i64;
-        let (host, _) = match target_host(url) {
+        let (host, port, parsed) = match target_url(url) {
             Ok(h) => h,
             Err(e) => {
                 return Sent {
@@ -464,7 +478,28 @@ impl Outbound {
                 ..Default::default()
             };
         }
-        let mut req = self.client.post(url).body(body.to_string());
+        if parsed.scheme() == "http" {
+            let authority = match parsed.port() {
+                Some(p) => format!("{}:{p}", parsed.host_str().unwrap_or_default()),
+                None => parsed.host_str().unwrap_or_default().to_string(),
+            };
+            let path_and_query = match parsed.query() {
+                Some(q) => format!("{}?{q}", parsed.path()),
+                None => parsed.path().to_string(),
+            };
+            let target = crate::http1::Plain {
+                authority: &authority,
+                host: &host.name,
+                ip: host.ip,
+                port,
+                path_and_query: &path_and_query,
+            };
+            return self
+                .plain
+                .post(&self.policy, &target, headers, body, self.timeout)
+                .await;
+        }
+        let mut req = self.client.post(parsed).body(body.to_string());
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
         }

@@ -572,24 +572,55 @@ fn routing_skip(e: &EndpointRow, event_type: &str) -> Option<&'static str> {
     }
 }
 
-/// The request body of a delivery (identical on every attempt).
+/// The request body of a delivery (identical on every attempt): the Standard Webhooks
+/// envelope `{id, type, occurredAt, source, data}`. Written directly rather than built as a
+/// JSON value: `data` is stored as compact JSON already, so it goes in as it is.
 fn envelope(row: &DeliveryRow) -> String {
-    let data: Value = serde_json::from_str(&row.data).unwrap_or(Value::Null);
-    json!({
-        "id": row.event_id,
-        "type": row.event_type,
-        "occurredAt": Ts::from_millis(row.occurred_at).map(|t| t.to_rfc3339()),
-        "source": row.source,
-        "data": data,
-    })
-    .to_string()
+    let mut out = String::with_capacity(row.data.len() + 160);
+    out.push_str("{\"id\":");
+    push_json_str(&mut out, &row.event_id);
+    out.push_str(",\"type\":");
+    push_json_str(&mut out, &row.event_type);
+    out.push_str(",\"occurredAt\":");
+    match Ts::from_millis(row.occurred_at) {
+        Some(t) => push_json_str(&mut out, &t.to_rfc3339()),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"source\":");
+    push_json_str(&mut out, &row.source);
+    out.push_str(",\"data\":");
+    // A row written by an older build could hold anything: only well-formed JSON goes in raw.
+    if serde_json::from_str::<serde::de::IgnoredAny>(&row.data).is_ok() {
+        out.push_str(&row.data);
+    } else {
+        out.push_str("null");
+    }
+    out.push('}');
+    out
 }
 
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut String, s: &str) {
+    // Serializing a &str cannot fail.
+    let mut buf = std::mem::take(out).into_bytes();
+    let _ = serde_json::to_writer(&mut buf, s);
+    *out = String::from_utf8(buf).expect("JSON output is UTF-8");
+}
+
+/// Recorded request or response headers: a JSON object of name → value, in their order.
 fn headers_json<'a>(h: impl Iterator<Item = (&'a String, &'a String)>) -> String {
-    let map: serde_json::Map<String, Value> = h
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-        .collect();
-    Value::Object(map).to_string()
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    for (i, (k, v)) in h.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(&mut out, k);
+        out.push(':');
+        push_json_str(&mut out, v);
+    }
+    out.push('}');
+    out
 }
 
 /// An endpoint's health after a delivery ended `success` or `dead` (§5.17); `None` = no change.
@@ -991,6 +1022,62 @@ mod tests {
             consecutive_dead: 0,
             failing_since: None,
         }
+    }
+
+    fn delivery(data: &str) -> DeliveryRow {
+        DeliveryRow {
+            id: Uuid::now_v7(),
+            owner_id: "o".into(),
+            endpoint_id: Uuid::now_v7(),
+            event_id: "ev \"1\"".into(),
+            event_type: "flow.webhook".into(),
+            source: "flow/ü".into(),
+            occurred_at: 1_765_000_000_123,
+            data: data.into(),
+            status: "pending".into(),
+            attempts: 0,
+            last_status_code: None,
+            last_error: None,
+            duration_ms: None,
+            is_test: false,
+            created_at: 0,
+            completed_at: None,
+            created_by: None,
+            next_attempt_at: None,
+            lease_owner: None,
+        }
+    }
+
+    #[test]
+    fn the_envelope_is_the_json_of_its_fields_with_data_as_stored() {
+        let data = json!({"payload": {"seq": 7, "s": "a\nb"}, "n": [1, 2.5, null]});
+        let row = delivery(&data.to_string());
+        let expected = json!({
+            "id": row.event_id,
+            "type": row.event_type,
+            "occurredAt": Ts::from_millis(row.occurred_at).map(|t| t.to_rfc3339()),
+            "source": row.source,
+            "data": data,
+        })
+        .to_string();
+        assert_eq!(envelope(&row), expected);
+        // Anything but JSON in the row goes out as null rather than as a broken body.
+        let broken = envelope(&delivery("{not json"));
+        assert_eq!(
+            serde_json::from_str::<Value>(&broken).unwrap()["data"],
+            Value::Null
+        );
+    }
+
+    #[test]
+    fn recorded_headers_are_a_json_object_in_their_order() {
+        let h = [
+            ("b".to_string(), "1".to_string()),
+            ("a\"".to_string(), "x\ty".to_string()),
+        ];
+        let json = headers_json(h.iter().map(|(k, v)| (k, v)));
+        assert_eq!(json, r#"{"b":"1","a\"":"x\ty"}"#);
+        assert_eq!(headers_json(std::iter::empty()), "{}");
     }
 
     const DAY: Duration = Duration::from_secs(24 * 3600);

@@ -7,6 +7,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod sqlite_memory;
+
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,6 +181,7 @@ enum KeysCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    sqlite_memory::configure()?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOWRUN_LOG")
