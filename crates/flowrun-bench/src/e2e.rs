@@ -10,13 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use axum::Json;
+use std::io::Write;
+
+use anyhow::{Context, Result};
 use axum::extract::State;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::{ProcCost, Target, load_average, summary};
+use crate::{KeptConnection, ProcCost, Target, load_average, summary};
 
 /// Completion signals of the runs in flight, by sequence number.
 #[derive(Default)]
@@ -26,11 +27,32 @@ pub(crate) struct Sink {
     pub(crate) received: AtomicU64,
 }
 
-async fn receive(State(sink): State<Arc<Sink>>, Json(body): Json<Value>) -> &'static str {
+/// The part of a delivery's envelope the sink reads: `data.payload.seq`, the rest skipped.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    data: EnvelopeData,
+}
+
+#[derive(serde::Deserialize)]
+struct EnvelopeData {
+    payload: Seq,
+}
+
+#[derive(serde::Deserialize)]
+struct Seq {
+    seq: u64,
+}
+
+async fn receive(State(sink): State<Arc<Sink>>, body: axum::body::Bytes) -> &'static str {
     sink.received.fetch_add(1, Ordering::Relaxed);
     // A run is done when all three of its deliveries have arrived, in whatever order they
     // went out (the steps' deliveries are attempted concurrently).
-    if let Some(seq) = body["data"]["payload"]["seq"].as_u64() {
+    if let Ok(Envelope {
+        data: EnvelopeData {
+            payload: Seq { seq },
+        },
+    }) = serde_json::from_slice(&body)
+    {
         let mut waiting = sink.waiting.lock().unwrap();
         if let Some((left, _)) = waiting.get_mut(&seq) {
             *left -= 1;
@@ -92,7 +114,7 @@ pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<
     let sink = Arc::new(Sink::default());
     let sink_url = start_sink(sink.clone()).await?;
     let (trigger, _) = provision(&t, &sink_url).await?;
-    let fire_url = format!("{}/v1/triggers/{trigger}/fire", t.base);
+    let fire_path = format!("/triggers/{trigger}/fire");
     let seq = Arc::new(AtomicU64::new(0));
     println!("scenario e2e: fire → 3 × webhooks.send → sink, {seconds} s per level");
     for &clients in concurrency {
@@ -103,13 +125,19 @@ pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<
         let cost_sampler = tokio::spawn(async move {
             tokio::time::sleep(warmup).await;
             let before = server_pid.and_then(ProcCost::read);
+            let own_before = ProcCost::read(std::process::id());
             tokio::time::sleep(measured).await;
-            before.zip(server_pid.and_then(ProcCost::read))
+            (
+                before.zip(server_pid.and_then(ProcCost::read)),
+                own_before.zip(ProcCost::read(std::process::id())),
+            )
         });
         let mut tasks = Vec::new();
         for _ in 0..clients {
-            let (t, sink, seq, fire_url) = (t.clone(), sink.clone(), seq.clone(), fire_url.clone());
+            let (t, sink, seq, fire_path) =
+                (t.clone(), sink.clone(), seq.clone(), fire_path.clone());
             tasks.push(tokio::spawn(async move {
+                let mut conn = KeptConnection::open(&t, &fire_path).await?;
                 let mut lat = Vec::new();
                 let mut replies = Vec::new();
                 loop {
@@ -121,17 +149,9 @@ pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<
                     let n = seq.fetch_add(1, Ordering::Relaxed);
                     let (tx, rx) = oneshot::channel();
                     sink.waiting.lock().unwrap().insert(n, (3, tx));
-                    let resp = t
-                        .http
-                        .post(&fire_url)
-                        .bearer_auth(&t.key)
-                        .json(&json!({"payload": {"seq": n}}))
-                        .send()
-                        .await?;
-                    if resp.status().as_u16() != 202 {
-                        bail!("fire answered {}", resp.status());
-                    }
-                    let _ = resp.bytes().await;
+                    conn.body.clear();
+                    write!(conn.body, r#"{{"payload":{{"seq":{n}}}}}"#)?;
+                    conn.post(None, 202).await?;
                     let replied = Instant::now();
                     let done = tokio::time::timeout(Duration::from_secs(60), rx)
                         .await
@@ -162,8 +182,9 @@ pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<
             "  c={clients} fire reply (fire sent → 202 read): {}",
             summary(replies)
         );
-        if let Ok(Some((before, after))) = cost_sampler.await {
-            let n = runs.max(1) as f64;
+        let (cost, own_cost) = cost_sampler.await?;
+        let n = runs.max(1) as f64;
+        if let Some((before, after)) = cost {
             println!(
                 "  c={clients} server cost per run: {:.0} µs CPU, {:.1} context switches \
                  (load average {})",
@@ -173,6 +194,12 @@ pub async fn run(t: Arc<Target>, concurrency: &[usize], seconds: f64) -> Result<
                     as f64
                     / n,
                 load_average()
+            );
+        }
+        if let Some((before, after)) = own_cost {
+            println!(
+                "  c={clients} load tool's own cost per run: {:.0} µs CPU (it shares the machine)",
+                (after.cpu_ms - before.cpu_ms) * 1000.0 / n,
             );
         }
     }

@@ -338,23 +338,25 @@ fn describe_machine() -> String {
     )
 }
 
-/// One client of the ingest scenario: a kept-alive HTTP/1.1 connection of its own, with the
-/// request line's URI and the headers built once. The load tool shares the machine with the
-/// server, so its CPU per request is taken from the server's throughput: a pooled client
-/// (connection lookup, URL parsing, header maps built per request) costs about as much as
-/// half the server's work per event.
-struct IngestConnection {
+/// One client of the ingest and e2e scenarios: a kept-alive HTTP/1.1 connection of its own,
+/// with the request line's URI and the headers built once. The load tool shares the machine
+/// with the server, so its CPU per request is taken from the server's throughput: a pooled
+/// client (connection lookup, URL parsing, header maps built per request) costs about as much
+/// as half the server's work per event.
+pub(crate) struct KeptConnection {
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
     uri: hyper::Uri,
     host: hyper::header::HeaderValue,
     auth: hyper::header::HeaderValue,
-    body: Vec<u8>,
+    /// The next request's body.
+    pub(crate) body: Vec<u8>,
 }
 
-impl IngestConnection {
-    async fn open(t: &Target) -> Result<Self> {
-        let uri: hyper::Uri = format!("{}/v1/events/ingest", t.base).parse()?;
-        let authority = uri.authority().context("server address")?.clone();
+impl KeptConnection {
+    /// Connects to the server for POSTs to `path` (under `/v1`).
+    pub(crate) async fn open(t: &Target, path: &str) -> Result<Self> {
+        let base: hyper::Uri = t.base.parse()?;
+        let authority = base.authority().context("server address")?.clone();
         let stream = tokio::net::TcpStream::connect(authority.as_str())
             .await
             .with_context(|| format!("connecting to {authority}"))?;
@@ -364,21 +366,15 @@ impl IngestConnection {
         tokio::spawn(connection);
         Ok(Self {
             sender,
-            uri: hyper::Uri::from_static("/v1/events/ingest"),
+            uri: format!("/v1{path}").parse()?,
             host: hyper::header::HeaderValue::from_str(authority.as_str())?,
             auth: hyper::header::HeaderValue::from_str(&format!("Bearer {}", t.key))?,
             body: Vec::with_capacity(96),
         })
     }
 
-    /// Ingests event `i` of client `c` and reads the 202.
-    async fn send(&mut self, c: usize, i: u64, idempotency_key: Option<&str>) -> Result<()> {
-        use std::io::Write;
-        self.body.clear();
-        write!(
-            self.body,
-            r#"{{"eventType":"bench.ingest","payload":{{"client":{c},"i":{i}}}}}"#
-        )?;
+    /// POSTs the body, reads the reply and insists on `expect`.
+    pub(crate) async fn post(&mut self, idempotency_key: Option<&str>, expect: u16) -> Result<()> {
         let mut req = hyper::Request::post(self.uri.clone())
             .header(hyper::header::HOST, self.host.clone())
             .header(hyper::header::AUTHORIZATION, self.auth.clone())
@@ -396,9 +392,10 @@ impl IngestConnection {
         let resp = self.sender.send_request(req).await?;
         let status = resp.status();
         let body = http_body_util::BodyExt::collect(resp.into_body()).await?;
-        if status.as_u16() != 202 {
+        if status.as_u16() != expect {
             bail!(
-                "ingest answered {status}: {}",
+                "{} answered {status}: {}",
+                self.uri,
                 String::from_utf8_lossy(&body.to_bytes())
             );
         }
@@ -438,7 +435,7 @@ async fn ingest(
     for c in 0..clients {
         let t = t.clone();
         tasks.push(tokio::spawn(async move {
-            let mut conn = IngestConnection::open(&t).await?;
+            let mut conn = KeptConnection::open(&t, "/events/ingest").await?;
             let mut lat = Vec::new();
             let mut i = 0u64;
             loop {
@@ -448,7 +445,15 @@ async fn ingest(
                     break;
                 }
                 let key = idempotency.then(|| format!("bench-{}-{c}-{i}", std::process::id()));
-                conn.send(c, i, key.as_deref()).await?;
+                {
+                    use std::io::Write;
+                    conn.body.clear();
+                    write!(
+                        conn.body,
+                        r#"{{"eventType":"bench.ingest","payload":{{"client":{c},"i":{i}}}}}"#
+                    )?;
+                }
+                conn.post(key.as_deref(), 202).await?;
                 if elapsed >= warmup {
                     lat.push(now.elapsed().as_micros() as u64);
                 }
