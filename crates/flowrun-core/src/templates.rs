@@ -639,6 +639,22 @@ pub fn has_late_refs(value: &Value, version: i64) -> bool {
     .is_err()
 }
 
+/// Whether `value` resolves the same at every step of a run: no late token (see
+/// [`has_late_refs`]) and none of `now`, the one root that moves from step to step.
+pub fn is_fixed_for_run(value: &Value, version: i64) -> bool {
+    walk_strings(value, "", &mut |s, _| {
+        let pieces = tokenize(s, 1).unwrap_or_default();
+        let moving = pieces.iter().any(|p| match p {
+            Piece::Token { path, .. } => parse_path(path).is_none_or(|segs| {
+                is_late(&segs, version) || segs.first().is_some_and(|f| f == "now")
+            }),
+            Piece::Text(_) => false,
+        });
+        if moving { Err(()) } else { Ok(()) }
+    })
+    .is_ok()
+}
+
 /// Step references for `POST /flows/validate`: the keys named by `steps.<key>…` tokens in
 /// `value`, one entry per token in order of appearance (duplicates kept), for version 3.
 /// Versions 1–2 have no `steps` root and give an empty list. Fails with the first syntax
@@ -1362,6 +1378,21 @@ mod tests {
         assert!(has_late_refs(&json!("{{loop.index}}"), 1));
         assert!(!has_late_refs(&json!("{{ unclosed"), 3));
         assert!(!has_late_refs(&json!({"{{prev}}": 1}), 3));
+        // Fixed for the run: early tokens other than `now`.
+        assert!(is_fixed_for_run(
+            &json!({"a": ["{{event.id}} x", 1, null]}),
+            3
+        ));
+        assert!(is_fixed_for_run(&json!("plain"), 3));
+        assert!(!is_fixed_for_run(
+            &json!({"a": ["{{event.id}} {{now}}"]}),
+            3
+        ));
+        assert!(!is_fixed_for_run(&json!("{{ now }}"), 3));
+        assert!(!is_fixed_for_run(&params, 3));
+        assert!(!is_fixed_for_run(&json!("{{loop.index}}"), 1));
+        assert!(is_fixed_for_run(&json!("{{payload.x}}"), 2));
+        assert!(!is_fixed_for_run(&json!("{{payload.x}}"), 3));
     }
 
     #[test]

@@ -263,7 +263,9 @@ async fn commit_batch(shared: &Arc<Shared>, requests: Vec<EnqueueRequest>) {
     let changes: Vec<Change> = gated.into_iter().map(Change::PutFlow).collect();
     crate::telemetry::enqueued(&plan.rows);
     let handed = crate::worker::hand_over(shared, &mut plan.rows, now.millis());
-    let mut early = crate::worker::start_early(shared, &plan.rows, handed);
+    debug_assert_eq!(plan.rows.len(), plan.parsed.len());
+    let mut early = crate::worker::start_early(shared, &plan.rows, &mut plan.parsed, handed);
+    plan.parsed = Vec::new();
     // The runs hand their first writes back within microseconds (a run's first write comes
     // before any step that waits on the world); one that is later writes after the commit.
     let deadline = tokio::time::Instant::now() + FIRST_WRITE_WAIT;
@@ -384,6 +386,8 @@ impl RowFactory<'_> {
 #[derive(Default)]
 struct Plan {
     rows: Vec<ExecutionRow>,
+    /// Per row, the snapshot and state it was written from (none for skipped rows).
+    parsed: Vec<Option<crate::worker::Parsed>>,
     /// Flows changed by this batch (gate state, `lastTriggeredAt`), newest version.
     flows: HashMap<Uuid, FlowRecord>,
 }
@@ -474,6 +478,7 @@ fn plan_firing(
             let row = rows.row(device, "skipped", Some(code), "{}".into(), "{}".into());
             out.skipped.push(row.id);
             plan.rows.push(row);
+            plan.parsed.push(None);
         };
         let enqueue = |plan: &mut Plan, out: &mut FiringOutcome, device: Option<Uuid>| {
             let mut snap = base_snap.clone();
@@ -487,10 +492,12 @@ fn plan_firing(
                 progress: Some(snap.initial_progress()),
                 ..Default::default()
             };
-            let snap = serde_json::to_string(&snap).expect("snapshot serialises");
-            let row = rows.row(device, "pending", None, snap, state.to_json());
+            let json = serde_json::to_string(&snap).expect("snapshot serialises");
+            let row = rows.row(device, "pending", None, json, state.to_json());
             out.enqueued.push(row.id);
             plan.rows.push(row);
+            plan.parsed
+                .push(Some(crate::worker::Parsed { snap, state }));
         };
 
         if let Some(code) = f.suppressed {

@@ -365,6 +365,7 @@ struct EarlyRun {
 pub(crate) fn start_early(
     shared: &Arc<Shared>,
     rows: &[ExecutionRow],
+    parsed: &mut [Option<Parsed>],
     handed: Handed,
 ) -> EarlyRuns {
     let (committed, watch_rx) = watch::channel(None);
@@ -382,6 +383,7 @@ pub(crate) fn start_early(
             let task = run_task(
                 shared,
                 rows[i].clone(),
+                parsed.get_mut(i).and_then(Option::take),
                 cancel.clone(),
                 Some(early),
                 ended.clone(),
@@ -517,12 +519,13 @@ fn spawn_run(
     early: Option<Early>,
     ended: Arc<AtomicBool>,
 ) {
-    tokio::spawn(run_task(shared, row, cancel, early, ended));
+    tokio::spawn(run_task(shared, row, None, cancel, early, ended));
 }
 
 fn run_task(
     shared: &Arc<Shared>,
     row: ExecutionRow,
+    parsed: Option<Parsed>,
     cancel: CancellationToken,
     early: Option<Early>,
     ended: Arc<AtomicBool>,
@@ -532,7 +535,7 @@ fn run_task(
         let id = row.id;
         let device = row.device_id;
         let mut early = early;
-        match Run::new(shared.clone(), row, cancel) {
+        match Run::new(shared.clone(), row, parsed, cancel) {
             Ok(mut run) => {
                 run.early = early;
                 run.execute().await;
@@ -635,6 +638,13 @@ enum Loc {
     },
 }
 
+/// A fresh row's snapshot and state as the enqueue built them, so that a run started from
+/// the enqueue does not parse back the JSON that was just written from them.
+pub(crate) struct Parsed {
+    pub(crate) snap: Snapshot,
+    pub(crate) state: ExecState,
+}
+
 struct Run {
     shared: Arc<Shared>,
     row: ExecutionRow,
@@ -659,35 +669,45 @@ struct Run {
     staged: Vec<Staged>,
     /// Started before its row committed: the first write goes back to the enqueue.
     early: Option<Early>,
+    /// Params that pre-resolution resolved and validated and that cannot change during the
+    /// run (no late token, no `now`), by step key: the step takes them instead of resolving
+    /// again.
+    pre_resolved: HashMap<String, Value>,
 }
 
 impl Run {
     /// The run of a row, or the write that fails a row whose snapshot cannot be read.
+    /// `parsed`, when given, is what the row's `snapshot` and `state` hold.
     fn new(
         shared: Arc<Shared>,
         row: ExecutionRow,
+        parsed: Option<Parsed>,
         cancel: CancellationToken,
     ) -> Result<Run, Box<ExecUpdate>> {
         let lease_owner = row.lease_owner.clone().unwrap_or_default();
-        let state = ExecState::parse(&row.state);
-        let snap: Snapshot = match serde_json::from_str(&row.snapshot) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(id = %row.id, error = %e, "unreadable execution snapshot");
-                return Err(Box::new(ExecUpdate {
-                    id: row.id,
-                    lease_owner,
-                    attempt: row.attempt,
-                    status: Some("failed".into()),
-                    error: Some(format!("transient: unreadable snapshot: {e}")),
-                    finished_at: Some(Ts::now().millis()),
-                    clear_started: false,
-                    state: row.state.clone(),
-                    search_text: Some(row.search_text.clone()),
-                    deliveries: Vec::new(),
-                }));
-            }
+        let (parsed_snap, state) = match parsed {
+            Some(p) => (Some(p.snap), p.state),
+            None => (None, ExecState::parse(&row.state)),
         };
+        let snap: Snapshot =
+            match parsed_snap.map_or_else(|| serde_json::from_str(&row.snapshot), Ok) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(id = %row.id, error = %e, "unreadable execution snapshot");
+                    return Err(Box::new(ExecUpdate {
+                        id: row.id,
+                        lease_owner,
+                        attempt: row.attempt,
+                        status: Some("failed".into()),
+                        error: Some(format!("transient: unreadable snapshot: {e}")),
+                        finished_at: Some(Ts::now().millis()),
+                        clear_started: false,
+                        state: row.state.clone(),
+                        search_text: Some(row.search_text.clone()),
+                        deliveries: Vec::new(),
+                    }));
+                }
+            };
         let mut roots = Map::new();
         roots.insert("event".into(), snap.event.clone());
         roots.insert("trigger".into(), snap.trigger.clone());
@@ -735,6 +755,7 @@ impl Run {
             pending_shots: JoinSet::new(),
             staged: Vec::new(),
             early: None,
+            pre_resolved: HashMap::new(),
             row,
         })
         .map(|mut run| {
@@ -1005,23 +1026,36 @@ impl Run {
             loop_ctx: None,
             late: false,
         };
-        fn walk(steps: &[SnapStep], scope: &TemplateScope) -> Result<(), String> {
+        fn walk(
+            steps: &[SnapStep],
+            scope: &TemplateScope,
+            fixed: &mut HashMap<String, Value>,
+        ) -> Result<(), String> {
             for s in steps {
                 let merged = s.merged_params();
                 let resolved = templates::resolve(&merged, scope)
                     .map_err(|e| format!("template_error: {}: {}", s.key, e.message()))?;
                 if !templates::has_late_refs(&merged, scope.version)
                     && let Some(entry) = catalog::by_method(&s.method)
-                    && let Err(errs) =
-                        params::validate_resolved(entry, &resolved, &format!("{}.params", s.key))
                 {
-                    return Err(format!("invalid_params: {}", join_errors(&errs)));
+                    if let Err(errs) =
+                        params::validate_resolved(entry, &resolved, &format!("{}.params", s.key))
+                    {
+                        return Err(format!("invalid_params: {}", join_errors(&errs)));
+                    }
+                    // Resolved and validated once: the step uses these params as they are.
+                    if templates::is_fixed_for_run(&merged, scope.version) {
+                        fixed.insert(s.key.clone(), resolved);
+                    }
                 }
-                walk(&s.children, scope)?;
+                walk(&s.children, scope, fixed)?;
             }
             Ok(())
         }
-        walk(&snap.steps, &scope)
+        let mut fixed = HashMap::new();
+        walk(&snap.steps, &scope, &mut fixed)?;
+        self.pre_resolved = fixed;
+        Ok(())
     }
 
     /// After a reclaim: rebuild the template records of the steps that already ran.
@@ -1363,7 +1397,10 @@ impl Run {
         });
     }
 
-    fn resolve_params(&self, step: &SnapStep) -> Result<Value, StepFailure> {
+    fn resolve_params(&mut self, step: &SnapStep) -> Result<Value, StepFailure> {
+        if let Some(resolved) = self.pre_resolved.remove(&step.key) {
+            return Ok(resolved);
+        }
         let merged = step.merged_params();
         let resolved = templates::resolve(&merged, &self.scope()).map_err(|e| {
             StepFailure::new(
