@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use flowrun_core::execution::ExecState;
+use flowrun_core::execution::{ExecState, Snapshot};
 use flowrun_core::model::FlowRecord;
 use flowrun_core::search::execution_search_text;
 use flowrun_core::{Ts, new_id};
@@ -480,8 +480,20 @@ fn plan_firing(
             plan.rows.push(row);
             plan.parsed.push(None);
         };
-        let enqueue = |plan: &mut Plan, out: &mut FiringOutcome, device: Option<Uuid>| {
-            let mut snap = base_snap.clone();
+        // The snapshot is moved into the last target's row and cloned for the others.
+        let mut base_snap = Some(base_snap);
+        let enqueue = |plan: &mut Plan,
+                       out: &mut FiringOutcome,
+                       device: Option<Uuid>,
+                       base: &mut Option<Snapshot>,
+                       last: bool| {
+            let mut snap = if last {
+                base.take()
+                    .expect("the snapshot is moved once, into the last target")
+            } else {
+                base.clone()
+                    .expect("the snapshot is there until the last target")
+            };
             if let Some(d) = device.and_then(|d| defs.device(&f.owner_id, d)) {
                 snap.device = Some(snapshot::device_snap(d));
                 if snap.event["deviceId"].is_null() {
@@ -523,7 +535,7 @@ fn plan_firing(
             }
         };
         if f.origin == Origin::Verify {
-            enqueue(plan, &mut out, targets[0]);
+            enqueue(plan, &mut out, targets[0], &mut base_snap, true);
             continue;
         }
 
@@ -531,7 +543,8 @@ fn plan_firing(
         let window_ms = cooldown_ms(&rec);
         let device_scope = rec.flow.cooldown_scope == "device";
         let mut enqueued_here = 0;
-        for target in targets {
+        let last_target = targets.len().saturating_sub(1);
+        for (t, target) in targets.into_iter().enumerate() {
             // A device deleted since the flow was bound (deletes are refused while in use,
             // but the definition may be mid-change).
             if target.is_some_and(|d| defs.device(&f.owner_id, d).is_none()) {
@@ -551,7 +564,7 @@ fn plan_firing(
                 skip(plan, &mut out, target, "rate_limited");
                 continue;
             }
-            enqueue(plan, &mut out, target);
+            enqueue(plan, &mut out, target, &mut base_snap, t == last_target);
             enqueued_here += 1;
             if window_ms > 0 && device_scope {
                 rec.gates
