@@ -22,7 +22,9 @@ use hyper::body::Body as _;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderName, HeaderValue};
 
-use crate::webhook::{ADDRESS_NOT_ALLOWED, SNIPPET_LIMIT, Sent, TargetPolicy, USER_AGENT};
+use crate::webhook::{
+    ADDRESS_NOT_ALLOWED, SNIPPET_LIMIT, Sent, TargetPolicy, USER_AGENT, response_headers,
+};
 
 /// Idle connections kept per authority; more than this many at once are closed when done.
 const MAX_IDLE_PER_AUTHORITY: usize = 64;
@@ -161,17 +163,7 @@ impl Pool {
                 }
             };
             let (parts, mut incoming) = response.into_parts();
-            let status = parts.status.as_u16();
-            let headers = parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect();
+            let headers = response_headers(&parts.headers);
             let mut snippet: Vec<u8> = Vec::new();
             let mut body_error = None;
             let mut complete = false;
@@ -183,7 +175,7 @@ impl Pool {
                         }
                     }
                     Some(Err(e)) => {
-                        body_error = Some(hyper_name(&e));
+                        body_error = Some(hyper_name(&e).to_string());
                         break;
                     }
                     None => {
@@ -200,23 +192,14 @@ impl Pool {
             if complete {
                 self.checkin(target.authority, send);
             }
-            snippet.truncate(SNIPPET_LIMIT);
-            let ok = (200..300).contains(&status);
-            return Ok(Sent {
-                status: Some(status),
-                headers: Some(headers),
-                snippet: Some(String::from_utf8_lossy(&snippet).into_owned()),
-                duration_ms: 0,
-                // A 2xx counts once its status arrived; a body cut short is only noted otherwise.
-                error: if ok {
-                    None
-                } else {
-                    Some(body_error.map_or_else(
-                        || format!("http_{status}"),
-                        |e| format!("http_{status}: {e}"),
-                    ))
-                },
-            });
+            // The caller sets the duration.
+            return Ok(Sent::answered(
+                parts.status.as_u16(),
+                headers,
+                snippet,
+                body_error,
+                0,
+            ));
         }
     }
 
@@ -389,21 +372,18 @@ mod tests {
         }
     }
 
+    async fn post(pool: &Pool, policy: &TargetPolicy, port: u16, timeout: Duration) -> Sent {
+        let authority = format!("127.0.0.1:{port}");
+        pool.post(policy, &target(&authority, port), &[], "{}", timeout)
+            .await
+    }
+
     #[tokio::test]
     async fn sequential_requests_share_one_kept_alive_connection() {
         let (port, accepted) = receiver(usize::MAX).await;
         let pool = Pool::default();
-        let authority = format!("127.0.0.1:{port}");
         for _ in 0..5 {
-            let sent = pool
-                .post(
-                    &open_policy(),
-                    &target(&authority, port),
-                    &[],
-                    "{}",
-                    Duration::from_secs(5),
-                )
-                .await;
+            let sent = post(&pool, &open_policy(), port, Duration::from_secs(5)).await;
             assert!(sent.success(), "{sent:?}");
             assert_eq!(sent.snippet.as_deref(), Some("ok"));
         }
@@ -415,17 +395,8 @@ mod tests {
         // One request per connection, closed without `connection: close`.
         let (port, accepted) = receiver(1).await;
         let pool = Pool::default();
-        let authority = format!("127.0.0.1:{port}");
         for _ in 0..4 {
-            let sent = pool
-                .post(
-                    &open_policy(),
-                    &target(&authority, port),
-                    &[],
-                    "{}",
-                    Duration::from_secs(5),
-                )
-                .await;
+            let sent = post(&pool, &open_policy(), port, Duration::from_secs(5)).await;
             assert!(sent.success(), "{sent:?}");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 4);
@@ -435,16 +406,13 @@ mod tests {
     async fn refused_addresses_are_not_connected_to() {
         let (port, accepted) = receiver(usize::MAX).await;
         let pool = Pool::default();
-        let authority = format!("127.0.0.1:{port}");
-        let sent = pool
-            .post(
-                &TargetPolicy::default(),
-                &target(&authority, port),
-                &[],
-                "{}",
-                Duration::from_secs(5),
-            )
-            .await;
+        let sent = post(
+            &pool,
+            &TargetPolicy::default(),
+            port,
+            Duration::from_secs(5),
+        )
+        .await;
         assert_eq!(sent.error.as_deref(), Some(ADDRESS_NOT_ALLOWED));
         assert_eq!(accepted.load(Ordering::SeqCst), 0);
     }
@@ -453,17 +421,8 @@ mod tests {
     async fn a_silent_receiver_times_out() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let authority = format!("127.0.0.1:{port}");
         let pool = Pool::default();
-        let sent = pool
-            .post(
-                &open_policy(),
-                &target(&authority, port),
-                &[],
-                "{}",
-                Duration::from_millis(200),
-            )
-            .await;
+        let sent = post(&pool, &open_policy(), port, Duration::from_millis(200)).await;
         assert_eq!(sent.error.as_deref(), Some("timeout"));
         drop(listener);
     }

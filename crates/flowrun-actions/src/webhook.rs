@@ -404,6 +404,34 @@ pub struct Sent {
 }
 
 impl Sent {
+    /// An attempt that got a response: its status, headers, the first bytes of its body (cut
+    /// to [`SNIPPET_LIMIT`]) and why reading the body stopped early, if it did.
+    pub(crate) fn answered(
+        status: u16,
+        headers: BTreeMap<String, String>,
+        mut snippet: Vec<u8>,
+        body_error: Option<String>,
+        duration_ms: i64,
+    ) -> Sent {
+        snippet.truncate(SNIPPET_LIMIT);
+        let ok = (200..300).contains(&status);
+        Sent {
+            status: Some(status),
+            headers: Some(headers),
+            snippet: Some(String::from_utf8_lossy(&snippet).into_owned()),
+            duration_ms,
+            // A 2xx counts once its status arrived; a body cut short is only noted otherwise.
+            error: if ok {
+                None
+            } else {
+                Some(body_error.map_or_else(
+                    || format!("http_{status}"),
+                    |e| format!("http_{status}: {e}"),
+                ))
+            },
+        }
+    }
+
     /// A 2xx answer within the timeout.
     pub fn success(&self) -> bool {
         self.error.is_none() && self.status.is_some_and(|s| (200..300).contains(&s))
@@ -514,16 +542,7 @@ impl Outbound {
             }
         };
         let status = resp.status().as_u16();
-        let headers: BTreeMap<String, String> = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = response_headers(resp.headers());
         let mut buf: Vec<u8> = Vec::new();
         let mut body_error = None;
         while buf.len() < SNIPPET_LIMIT {
@@ -536,24 +555,20 @@ impl Outbound {
                 }
             }
         }
-        buf.truncate(SNIPPET_LIMIT);
-        let ok = (200..300).contains(&status);
-        Sent {
-            status: Some(status),
-            headers: Some(headers),
-            snippet: Some(String::from_utf8_lossy(&buf).into_owned()),
-            duration_ms: elapsed(started),
-            // A 2xx counts once its status arrived; a body cut short is only noted otherwise.
-            error: if ok {
-                None
-            } else {
-                Some(body_error.map_or_else(
-                    || format!("http_{status}"),
-                    |e| format!("http_{status}: {e}"),
-                ))
-            },
-        }
+        Sent::answered(status, headers, buf, body_error, elapsed(started))
     }
+}
+
+/// Response headers as recorded: name → value (lossy UTF-8).
+pub(crate) fn response_headers(h: &reqwest::header::HeaderMap) -> BTreeMap<String, String> {
+    h.iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// The `error` of a request that got no response.
