@@ -161,11 +161,39 @@ impl Buckets {
 }
 
 /// The enqueue task: batches firings into transactions.
+///
+/// Batches are pipelined: while batch K's transaction runs on the store, batch K + 1 is
+/// planned and its runs are driven to their first writes, so planning and committing
+/// overlap instead of adding up. The task keeps the registry lock from K's planning until
+/// K has committed, so no definition write lands between a batch's planning and its
+/// commit; it lets the lock go whenever the queue is empty or another writer waits.
+/// A batch is not pipelined (it commits before the next one is planned) when ordering
+/// matters: it writes definitions (gate state), routes ingested events (arrival order
+/// holds across commits), or dedupes invocation ids (the lookup must see the rows before).
 pub(crate) async fn run_enqueuer(shared: Arc<Shared>, mut rx: mpsc::Receiver<EnqueueRequest>) {
-    let mut batch: Vec<EnqueueRequest> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut firings = first.firings.len();
-        batch.push(first);
+    let registry: &Registry = &shared.registry;
+    let mut held: Option<tokio::sync::MutexGuard<'_, ()>> = None;
+    let mut in_flight: Option<oneshot::Receiver<()>> = None;
+    loop {
+        let first = if in_flight.is_some() {
+            match rx.try_recv() {
+                Ok(r) => r,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    settle(&mut in_flight).await;
+                    held = None;
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+        } else {
+            held = None;
+            match rx.recv().await {
+                Some(r) => r,
+                None => break,
+            }
+        };
+        let mut batch = vec![first];
+        let mut firings = batch[0].firings.len();
         while firings < 512 {
             match rx.try_recv() {
                 Ok(r) => {
@@ -177,28 +205,62 @@ pub(crate) async fn run_enqueuer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Enq
         }
         // Routed events commit apart from API fires: when another node routed the same
         // events first, only the router's transaction rolls back.
-        let (routing, fires): (Vec<_>, Vec<_>) = std::mem::take(&mut batch)
-            .into_iter()
-            .partition(|r| !r.routed_events.is_empty());
+        let (routing, fires): (Vec<_>, Vec<_>) =
+            batch.into_iter().partition(|r| !r.routed_events.is_empty());
         for requests in [fires, routing] {
-            if !requests.is_empty() {
-                commit_batch(&shared, requests).await;
+            if requests.is_empty() {
+                continue;
+            }
+            let ordered = requests.iter().any(|r| {
+                !r.routed_events.is_empty() || r.firings.iter().any(|f| f.dedupe_invocation)
+            });
+            if ordered || registry.writers_waiting() {
+                settle(&mut in_flight).await;
+                held = None;
+            }
+            let Some((requests, seen)) = dedupe_lookups(&shared, requests).await else {
+                continue;
+            };
+            if held.is_none() {
+                held = Some(registry.lock().await);
+            }
+            let (commit, pipelined) = plan_batch(&shared, requests, seen).await;
+            // At most one commit in flight besides the new one: K settles before K + 2 is
+            // planned, so the runs and replies of K never wait behind more than one batch.
+            settle(&mut in_flight).await;
+            in_flight = Some(commit);
+            if !pipelined || ordered {
+                settle(&mut in_flight).await;
             }
         }
     }
+    settle(&mut in_flight).await;
+    drop(held);
 }
 
-async fn commit_batch(shared: &Arc<Shared>, requests: Vec<EnqueueRequest>) {
-    let registry: &Registry = &shared.registry;
-    // Dedupe lookups need the store; do them before planning.
+/// Waits until the batch in flight committed or failed (its replies and runs then wait for
+/// the fsync on their own).
+async fn settle(in_flight: &mut Option<oneshot::Receiver<()>>) {
+    if let Some(commit) = in_flight.take() {
+        let _ = commit.await;
+    }
+}
+
+/// The invocation ids the batch's deduplicating firings already have rows for, per firing;
+/// `None` when the lookup failed (the requests were answered with the error).
+async fn dedupe_lookups(
+    shared: &Arc<Shared>,
+    requests: Vec<EnqueueRequest>,
+) -> Option<(Vec<EnqueueRequest>, Vec<Vec<HashSet<Uuid>>>)> {
     let mut seen: Vec<Vec<HashSet<Uuid>>> = Vec::with_capacity(requests.len());
-    for r in &requests {
+    let mut failed = None;
+    'requests: for r in &requests {
         let mut per_firing = Vec::with_capacity(r.firings.len());
         for f in &r.firings {
             let mut set = HashSet::new();
             if let (true, Some(inv)) = (f.dedupe_invocation, &f.invocation_id) {
                 let candidates = {
-                    let defs = registry.read();
+                    let defs = shared.registry.read();
                     bound_flows(&defs, f)
                         .iter()
                         .map(|r| r.flow.id)
@@ -208,8 +270,8 @@ async fn commit_batch(shared: &Arc<Shared>, requests: Vec<EnqueueRequest>) {
                     match shared.store.flows_with_invocation(&candidates, inv).await {
                         Ok(ids) => set.extend(ids),
                         Err(e) => {
-                            fail_all(requests, e.into());
-                            return;
+                            failed = Some(e);
+                            break 'requests;
                         }
                     }
                 }
@@ -218,8 +280,25 @@ async fn commit_batch(shared: &Arc<Shared>, requests: Vec<EnqueueRequest>) {
         }
         seen.push(per_firing);
     }
+    match failed {
+        None => Some((requests, seen)),
+        Some(e) => {
+            fail_all(requests, e.into());
+            None
+        }
+    }
+}
 
-    let _guard = registry.lock().await;
+/// Plans a batch (the caller holds the registry lock), drives its early runs to their first
+/// writes and starts its commit. Returns what hears when the commit ended (committed or
+/// failed), and whether the batch may stay in flight while the next is planned (it writes
+/// no definitions).
+async fn plan_batch(
+    shared: &Arc<Shared>,
+    requests: Vec<EnqueueRequest>,
+    seen: Vec<Vec<HashSet<Uuid>>>,
+) -> (oneshot::Receiver<()>, bool) {
+    let registry: &Registry = &shared.registry;
     let now = Ts::now();
     let instant = Instant::now();
     let mut plan = Plan::default();
@@ -261,6 +340,7 @@ async fn commit_batch(shared: &Arc<Shared>, requests: Vec<EnqueueRequest>) {
         })
     };
     let changes: Vec<Change> = gated.into_iter().map(Change::PutFlow).collect();
+    let pipelined = changes.is_empty();
     crate::telemetry::enqueued(&plan.rows);
     let handed = crate::worker::hand_over(shared, &mut plan.rows, now.millis());
     debug_assert_eq!(plan.rows.len(), plan.parsed.len());
@@ -277,25 +357,28 @@ async fn commit_batch(shared: &Arc<Shared>, requests: Vec<EnqueueRequest>) {
     }
     let has_pending = plan.rows.iter().any(|r| r.status == "pending");
     let rows = std::mem::take(&mut plan.rows);
-    match registry
-        .apply_enqueue(
-            changes,
-            last_triggered,
-            &rows,
-            &deliveries,
-            &routed,
-            now.millis(),
-        )
-        .await
-    {
-        // Committed: the next batch may be planned on what this one changed while this one
-        // becomes durable; the replies and the runs wait for that.
-        Ok(durable) => {
-            if has_pending {
-                shared.rows_claimable();
-            }
-            let shared = shared.clone();
-            tokio::spawn(async move {
+    let shared = shared.clone();
+    let (ended, commit) = oneshot::channel();
+    tokio::spawn(async move {
+        let result = shared
+            .registry
+            .apply_enqueue(
+                changes,
+                last_triggered,
+                &rows,
+                &deliveries,
+                &routed,
+                now.millis(),
+            )
+            .await;
+        let _ = ended.send(());
+        match result {
+            // Committed: later batches may be planned on what this one changed while this
+            // one becomes durable; the replies and the runs wait for that.
+            Ok(durable) => {
+                if has_pending {
+                    shared.rows_claimable();
+                }
                 match durable.await {
                     Ok(()) => {
                         early.committed(&shared, &rows, replies);
@@ -309,14 +392,15 @@ async fn commit_batch(shared: &Arc<Shared>, requests: Vec<EnqueueRequest>) {
                         fail_all(requests, e.into());
                     }
                 }
-            });
+            }
+            Err(e) => {
+                early.failed(&shared, replies);
+                tracing::error!(error = %e, "enqueue failed");
+                fail_all(requests, e.into());
+            }
         }
-        Err(e) => {
-            early.failed(shared, replies);
-            tracing::error!(error = %e, "enqueue failed");
-            fail_all(requests, e.into());
-        }
-    }
+    });
+    (commit, pipelined)
 }
 
 /// How long an enqueue waits for the first writes of the runs it started (see

@@ -24,6 +24,7 @@ mod sqlite_artifacts;
 mod sqlite_batch;
 mod sqlite_events;
 mod sqlite_exec;
+mod sqlite_hot;
 mod sqlite_sched;
 mod sqlite_webhooks;
 pub mod webhooks;
@@ -50,6 +51,9 @@ pub use webhooks::{
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// From the hot writes, which run on the SQLite handle directly (see `sqlite_batch`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt stored document {kind}/{id}: {source}")]

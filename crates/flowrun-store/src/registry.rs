@@ -198,6 +198,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     defs: RwLock<Defs>,
     writes: tokio::sync::Mutex<()>,
+    /// Callers waiting for `writes` (see [`Registry::writers_waiting`]).
+    waiting: std::sync::atomic::AtomicUsize,
     /// Flows whose `lastTriggeredAt` is newer in memory than in the store: owner and the
     /// value to write.
     behind: std::sync::Mutex<HashMap<Uuid, (String, Ts)>>,
@@ -211,6 +213,7 @@ impl Registry {
             store,
             defs: RwLock::new(defs),
             writes: tokio::sync::Mutex::new(()),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             behind: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -281,7 +284,23 @@ impl Registry {
 
     /// Serialises writers: hold the guard from the first check to the last [`apply`](Self::apply).
     pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        /// Counts the caller as waiting until it holds the lock or gives up.
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
         self.writes.lock().await
+    }
+
+    /// Whether someone waits for [`lock`](Self::lock): a holder that keeps the lock across
+    /// several writes (the enqueue, under load) lets it go when this says so.
+    pub fn writers_waiting(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0
     }
 
     /// Commits the changes to the store in one transaction, then to memory.
@@ -365,7 +384,14 @@ impl Registry {
                         .or_insert_with(|| (f.flow.owner_id.clone(), at));
                     entry.1 = entry.1.max(at);
                 }
-                defs.put_flow(f);
+                // Enqueues may commit out of order (see `flowrun-engine::enqueue`): an
+                // older batch's copy of the flow never replaces a newer one's.
+                let newer = defs
+                    .flow_any(&f.flow.owner_id, f.flow.id)
+                    .is_some_and(|cur| cur.flow.last_triggered_at > f.flow.last_triggered_at);
+                if !newer {
+                    defs.put_flow(f);
+                }
             }
         }
         Ok(durable)

@@ -33,9 +33,6 @@ impl SqliteStore {
             // FULL: a commit is on disk when it returns (accepted input is never lost).
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            // Room for the group commit's script shapes (see sqlite_batch) besides the
-            // ordinary statements.
-            .statement_cache_capacity(400)
             .foreign_keys(true);
         // No ping before each acquire: it is a round trip to the connection's thread (two
         // wake-ups) on every write and read, and a broken file fails the query itself anyway.
@@ -281,38 +278,6 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(())
-    }
-}
-
-/// One definition write inside the caller's transaction (shared by `write_docs` and
-/// `insert_executions`).
-/// [`write_doc`] as a statement of a script.
-pub(crate) fn push_write_doc<'a>(
-    qb: &mut sqlx::QueryBuilder<'a, sqlx::Sqlite>,
-    w: &'a DocWrite,
-    now: i64,
-) {
-    match &w.json {
-        Some(json) => {
-            qb.push("INSERT INTO definitions (kind, id, owner_id, doc, updated_at) VALUES (");
-            qb.separated(", ")
-                .push_bind(w.kind.as_str())
-                .push_bind(&w.id)
-                .push_bind(&w.owner_id)
-                .push_bind(json)
-                .push_bind(now);
-            qb.push(
-                ") ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc, \
-                 owner_id = excluded.owner_id, updated_at = excluded.updated_at; ",
-            );
-        }
-        None => {
-            qb.push("DELETE FROM definitions WHERE kind = ");
-            qb.push_bind(w.kind.as_str());
-            qb.push(" AND id = ");
-            qb.push_bind(&w.id);
-            qb.push("; ");
-        }
     }
 }
 

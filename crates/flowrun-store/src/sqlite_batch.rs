@@ -1,84 +1,38 @@
-//! Write batches on SQLite: one transaction, one round trip, one fsync for whatever is queued.
+//! Write batches on SQLite: one transaction, one fsync for whatever is queued.
 //!
 //! The SQLite driver runs each connection on its own thread and every query is a round trip
 //! to it (two thread wake-ups); on a small machine those wake-ups and the commit's fsync, not
 //! the SQL, are what a write costs. So:
-//! - a [`Script`] is a whole transaction — `BEGIN IMMEDIATE`, the statements (several rows
-//!   each), `COMMIT` — sent as one multi-statement query;
 //! - the [`CommitQueue`] merges the hot writes of every caller (execution enqueues, step and
-//!   terminal writes with their staged deliveries, delivery attempt records) into one script
-//!   per turn: a group commit across kinds. A job whose script fails is retried alone, so one
-//!   bad job fails only itself.
-//! - the fsync is taken out of the serial stage: a script commits with `synchronous = NORMAL`
-//!   (no fsync inside COMMIT, so the write lock is free again at once) and a flusher thread
-//!   then fsyncs the WAL file; only after that does anyone hear that the write is done. The
-//!   next script is written while the previous one's fsync runs, and one fsync covers every
-//!   script committed before it started. Nothing is answered before it is on disk: the WAL
-//!   frames of a COMMIT that returned are written, an fsync of the file makes them durable,
-//!   and a checkpoint (which may move them into the database file first) syncs the WAL
-//!   before and the database after it also with `NORMAL`.
+//!   terminal writes with their staged deliveries, delivery attempt records) into one
+//!   transaction per turn: a group commit across kinds. A job whose transaction fails is
+//!   retried alone, so one bad job fails only itself. Attempt records, which no caller waits
+//!   on, yield: when urgent writes wait too, the records go into the turn after theirs.
+//! - the transaction runs on a thread of its own, directly on the writer connection's SQLite
+//!   handle (borrowed from the driver, whose thread waits meanwhile): single-row statements,
+//!   each prepared once per transaction and then only bound and stepped. Multi-row statements
+//!   sent through the driver had a new shape for every mix of row counts, and preparing those
+//!   cost about as much as running them.
+//! - the fsync is taken out of the serial stage: a transaction commits with
+//!   `synchronous = NORMAL` (no fsync inside COMMIT, so the write lock is free again at once)
+//!   and a flusher thread then fsyncs the WAL file; only after that does anyone hear that the
+//!   write is done. The next transaction is written while the previous one's fsync runs, and
+//!   one fsync covers every transaction committed before it started. Nothing is answered
+//!   before it is on disk: the WAL frames of a COMMIT that returned are written, an fsync of
+//!   the file makes them durable, and a checkpoint (which may move them into the database
+//!   file first) syncs the WAL before and the database after it also with `NORMAL`.
 
-use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
-use sqlx::{Connection, QueryBuilder, Row};
+use sqlx::Connection;
+use sqlx::sqlite::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::sqlite_hot::Hot;
 use crate::webhooks::{AttemptWrite, DeliveryRow};
 use crate::{DocWrite, ExecUpdate, ExecutionRow, Result, StoreError};
-
-/// A transaction being written as one query.
-pub(crate) struct Script<'a> {
-    qb: QueryBuilder<'a, Sqlite>,
-}
-
-impl<'a> Script<'a> {
-    /// A transaction whose COMMIT does not fsync: the caller makes it durable (see the
-    /// module notes) before telling anyone it is done. Other writes on the connection keep
-    /// `synchronous = FULL`.
-    fn unsynced() -> Self {
-        Self {
-            qb: QueryBuilder::new("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE; "),
-        }
-    }
-
-    /// The builder to append statements to; each statement ends with `; `.
-    pub(crate) fn sql(&mut self) -> &mut QueryBuilder<'a, Sqlite> {
-        &mut self.qb
-    }
-
-    /// Runs the transaction on the pool's (single) writer connection and returns the rows the
-    /// statements returned, in order. On an error nothing is committed.
-    pub(crate) async fn run(mut self, writer: &SqlitePool) -> Result<Vec<SqliteRow>> {
-        self.qb.push("COMMIT; PRAGMA synchronous = FULL;");
-        let mut conn = writer.acquire().await?;
-        // Kept prepared: under a steady load the same shapes (kinds and row counts) come back,
-        // and parsing a multi-row script costs about as much as running it.
-        let result = self.qb.build().persistent(true).fetch_all(&mut *conn).await;
-        match result {
-            Ok(rows) => Ok(rows),
-            Err(e) => {
-                // The failed statement left the transaction open (or COMMIT failed): end it,
-                // and give up the connection if even that fails.
-                let restored = match sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                    Ok(_) => true,
-                    Err(sqlx::Error::Database(d)) if d.message().contains("no transaction") => true,
-                    Err(_) => false,
-                } && sqlx::query("PRAGMA synchronous = FULL")
-                    .execute(&mut *conn)
-                    .await
-                    .is_ok();
-                if !restored {
-                    let _ = conn.detach().close().await;
-                }
-                Err(StoreError::Database(e))
-            }
-        }
-    }
-}
 
 /// One caller's write waiting for the next group commit.
 pub(crate) enum Job {
@@ -117,8 +71,8 @@ pub(crate) struct CommitQueue {
 const RECORD_LINGER: Duration = Duration::from_millis(2);
 
 impl CommitQueue {
-    /// Starts the writer task and its flusher thread; `wal` is the database's WAL file (none
-    /// for an in-memory database).
+    /// Starts the writer thread and its flusher thread; `wal` is the database's WAL file
+    /// (none for an in-memory database). Runs inside the Tokio runtime the pool belongs to.
     pub(crate) fn start(writer: SqlitePool, wal: Option<PathBuf>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
@@ -126,7 +80,11 @@ impl CommitQueue {
             .name("flowrun-wal-sync".into())
             .spawn(move || run_flusher(wal, flush_rx))
             .expect("the WAL flusher thread starts");
-        tokio::spawn(run_queue(writer, rx, flush_tx));
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("flowrun-sqlite-writer".into())
+            .spawn(move || run_writer(&runtime, writer, rx, flush_tx))
+            .expect("the SQLite writer thread starts");
         Self { tx }
     }
 
@@ -185,29 +143,55 @@ impl CommitQueue {
 /// Jobs whose script committed without fsync, with their results, waiting for the flusher.
 type Committed = Vec<(Job, Vec<bool>)>;
 
-async fn run_queue(
+/// The writer thread: takes what is queued, writes it as one transaction, hands it to the
+/// flusher. Waits (for jobs, the connection) through the runtime's handle.
+fn run_writer(
+    runtime: &tokio::runtime::Handle,
     writer: SqlitePool,
     mut rx: mpsc::UnboundedReceiver<Job>,
     flusher: mpsc::UnboundedSender<Committed>,
 ) {
+    // Timers and the pool's tasks need the runtime's context on this thread too.
+    let _context = runtime.enter();
     let mut jobs: Vec<Job> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        jobs.push(first);
+    // Attempt records held back from the last turn's script; they go into this one.
+    let mut carried: Vec<Job> = Vec::new();
+    loop {
+        if carried.is_empty() {
+            match rx.blocking_recv() {
+                Some(first) => jobs.push(first),
+                None => break,
+            }
+        }
         drain(&mut rx, &mut jobs);
-        if jobs.iter().all(|j| matches!(j, Job::Attempts { .. }))
-            && let Ok(Some(next)) = tokio::time::timeout(RECORD_LINGER, rx.recv()).await
+        let is_record = |j: &Job| matches!(j, Job::Attempts { .. });
+        if carried.is_empty()
+            && jobs.iter().all(is_record)
+            && let Ok(Some(next)) = runtime.block_on(tokio::time::timeout(RECORD_LINGER, rx.recv()))
         {
             jobs.push(next);
             drain(&mut rx, &mut jobs);
         }
-        let batch = std::mem::take(&mut jobs);
-        let mut committed: Committed = match run_jobs(&writer, &batch).await {
+        // Enqueues and step writes are on their callers' critical path, attempt records are
+        // not: when both wait, the first script takes the urgent ones alone (a shorter
+        // commit for them) and the records follow in the next, with whatever came meanwhile.
+        let batch = if carried.is_empty() && !jobs.iter().all(is_record) {
+            let (records, urgent): (Vec<Job>, Vec<Job>) =
+                std::mem::take(&mut jobs).into_iter().partition(is_record);
+            carried = records;
+            urgent
+        } else {
+            let mut all = std::mem::take(&mut carried);
+            all.append(&mut jobs);
+            all
+        };
+        let mut committed: Committed = match runtime.block_on(run_jobs(&writer, &batch)) {
             Ok(results) => batch.into_iter().zip(results).collect(),
             Err(_) if batch.len() > 1 => {
                 // Find the culprit: every job on its own.
                 let mut committed = Vec::new();
                 for job in batch {
-                    match run_jobs(&writer, std::slice::from_ref(&job)).await {
+                    match runtime.block_on(run_jobs(&writer, std::slice::from_ref(&job))) {
                         Ok(mut r) => committed.push((job, r.pop().unwrap_or_default())),
                         Err(e) => reply(job, Err(e)),
                     }
@@ -294,17 +278,52 @@ fn reply(job: Job, result: Result<Vec<bool>>) {
     }
 }
 
-/// Tags of returned rows: the job's index and the round within it.
-fn tag(job: usize, round: usize) -> i64 {
-    ((job as i64) << 20) | round as i64
+/// Runs the jobs as one transaction on the writer connection's SQLite handle and returns
+/// each job's applied flags (empty for an insert). On an error nothing is committed.
+async fn run_jobs(writer: &SqlitePool, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
+    let mut conn = writer.acquire().await?;
+    let (result, usable) = {
+        let mut locked = conn.lock_handle().await?;
+        // SAFETY: `locked` keeps the driver's connection thread off the handle until it
+        // drops, and `db` (which does not close the handle) drops before it, finalizing every
+        // statement it prepared.
+        let db = unsafe { rusqlite::Connection::from_handle(locked.as_raw_handle().as_ptr()) }?;
+        let result = write_jobs(&db, jobs);
+        let usable = result.is_ok() || end_failed(&db);
+        (result, usable)
+    };
+    if !usable {
+        let _ = conn.detach().close().await;
+    }
+    result
 }
 
-/// Runs jobs in one script; returns each job's applied flags (empty for an insert).
-async fn run_jobs(writer: &SqlitePool, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
-    let mut script = Script::unsynced();
-    let mut plans: Vec<Vec<Vec<usize>>> = Vec::with_capacity(jobs.len());
-    for (j, job) in jobs.iter().enumerate() {
-        match job {
+/// Ends a transaction that failed (a statement left it open, or COMMIT failed) and restores
+/// the connection's default durability; false when the connection is not fit for reuse.
+fn end_failed(db: &rusqlite::Connection) -> bool {
+    (db.is_autocommit() || db.execute_batch("ROLLBACK").is_ok())
+        && db.execute_batch(RESTORE).is_ok()
+}
+
+/// The connection's defaults, restored after every hot transaction.
+const RESTORE: &str = "PRAGMA ignore_check_constraints = OFF; PRAGMA synchronous = FULL";
+
+/// The transaction: every job's statements in queue order. Statements are `OR ROLLBACK`
+/// (a constraint failure ends the transaction at once, without a statement journal).
+///
+/// The schema's `CHECK (status IN (…))` constraints are not evaluated here: SQLite builds a
+/// temporary b-tree for such a list every time a statement runs, which for single-row
+/// statements cost about a tenth of a run's writing. The statuses are checked before binding
+/// instead (see `sqlite_hot`).
+fn write_jobs(db: &rusqlite::Connection, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
+    // Unsynced: see the module notes. Other writes on the connection keep `FULL`.
+    db.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA ignore_check_constraints = ON; BEGIN IMMEDIATE",
+    )?;
+    let mut hot = Hot::new(db);
+    let mut applied = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        applied.push(match job {
             Job::Insert {
                 rows,
                 deliveries,
@@ -313,72 +332,34 @@ async fn run_jobs(writer: &SqlitePool, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
                 now_ms,
                 ..
             } => {
-                crate::sqlite_events::push_mark_routed(script.sql(), routed, *now_ms);
-                crate::sqlite_exec::push_insert_executions(script.sql(), rows);
-                crate::sqlite_webhooks::push_insert_deliveries(script.sql(), deliveries);
+                for id in routed {
+                    hot.mark_routed(id, *now_ms)?;
+                }
+                for r in rows {
+                    hot.insert_execution(r)?;
+                }
+                for d in deliveries {
+                    hot.insert_delivery(d)?;
+                }
                 for d in docs {
-                    crate::sqlite::push_write_doc(script.sql(), d, *now_ms);
+                    hot.write_doc(d, *now_ms)?;
                 }
-                plans.push(Vec::new());
+                Vec::new()
             }
-            Job::Exec { updates, .. } => {
-                let rs = crate::write_rounds(updates.iter().map(|u| u.id));
-                for (r, round) in rs.iter().enumerate() {
-                    // 9 binds per update, 22 per delivery; SQLite allows 32766 per statement.
-                    for chunk in round.chunks(300) {
-                        crate::sqlite_exec::push_exec_updates(
-                            script.sql(),
-                            updates,
-                            chunk,
-                            tag(j, r),
-                        );
-                    }
-                }
-                plans.push(rs);
-            }
-            Job::Attempts { writes, .. } => {
-                let rs = crate::write_rounds(writes.iter().map(|w| w.delivery_id));
-                for (r, round) in rs.iter().enumerate() {
-                    for chunk in round.chunks(1000) {
-                        crate::sqlite_webhooks::push_attempts(
-                            script.sql(),
-                            writes,
-                            chunk,
-                            tag(j, r),
-                        );
-                    }
-                }
-                plans.push(rs);
-            }
-        }
+            Job::Exec { updates, .. } => updates
+                .iter()
+                .map(|u| hot.update_execution(u))
+                .collect::<Result<_>>()?,
+            Job::Attempts { writes, .. } => writes
+                .iter()
+                .map(|w| hot.record_attempt(w))
+                .collect::<Result<_>>()?,
+        });
     }
-    let hit: HashSet<(i64, String)> = script
-        .run(writer)
-        .await?
-        .iter()
-        .map(|r| (r.get::<i64, _>(1), r.get::<String, _>(0)))
-        .collect();
-    Ok(jobs
-        .iter()
-        .zip(plans)
-        .enumerate()
-        .map(|(j, (job, rs))| {
-            let ids: Vec<String> = match job {
-                Job::Insert { .. } => return Vec::new(),
-                Job::Exec { updates, .. } => updates.iter().map(|u| u.id.to_string()).collect(),
-                Job::Attempts { writes, .. } => {
-                    writes.iter().map(|w| w.delivery_id.to_string()).collect()
-                }
-            };
-            let mut applied = vec![false; ids.len()];
-            for (r, round) in rs.iter().enumerate() {
-                for &i in round {
-                    applied[i] = hit.contains(&(tag(j, r), ids[i].clone()));
-                }
-            }
-            applied
-        })
-        .collect())
+    drop(hot);
+    db.execute_batch("COMMIT")?;
+    db.execute_batch(RESTORE)?;
+    Ok(applied)
 }
 
 #[cfg(test)]

@@ -27,26 +27,6 @@ fn event_from_row(r: &SqliteRow) -> EventRow {
     }
 }
 
-/// Marks events routed inside the caller's transaction.
-/// Marks ingested events routed, as statements of a script (the routing commit).
-pub(crate) fn push_mark_routed<'a>(
-    qb: &mut QueryBuilder<'a, Sqlite>,
-    ids: &'a [String],
-    now_ms: i64,
-) {
-    // SQLite allows 32766 variables per statement.
-    for chunk in ids.chunks(30_000) {
-        qb.push("UPDATE OR ROLLBACK events SET routed_at = ");
-        qb.push_bind(now_ms);
-        qb.push(" WHERE routed_at IS NULL AND id IN (");
-        let mut sep = qb.separated(", ");
-        for id in chunk {
-            sep.push_bind(id);
-        }
-        qb.push("); ");
-    }
-}
-
 /// Key records of a group commit's keyed requests, claimed in one statement: returns the
 /// scopes actually inserted (a key already recorded, or repeated earlier in the batch, is
 /// not).

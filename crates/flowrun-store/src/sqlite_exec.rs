@@ -10,12 +10,11 @@ use uuid::Uuid;
 
 use crate::executions::*;
 use crate::sqlite::SqliteStore;
-use crate::sqlite_webhooks::DELIVERY_COLS;
 use crate::webhooks::DeliveryRow;
 use crate::{DocWrite, Result, StoreError};
 
 /// Every column of [`ExecutionRow`], in the order [`exec_from_row`] reads them.
-const COLS: &str = "id, owner_id, flow_id, trigger_id, kind, status, device_id, invocation_id, \
+pub(crate) const COLS: &str = "id, owner_id, flow_id, trigger_id, kind, status, device_id, invocation_id, \
      event_id, error, flow_name, trigger_name, created_by, enqueued_at, started_at, finished_at, \
      attempt, lease_owner, lease_expires_at, graph_hash, snapshot, state, search_text";
 
@@ -484,126 +483,5 @@ impl ExecutionStore for SqliteStore {
                 .fetch_one(&self.reader)
                 .await?,
         )
-    }
-}
-
-/// Appends the statements of one round's updates (`chunk`, indexes into `updates`) to a
-/// script; each applied update returns `(id, tag)`.
-pub(crate) fn push_exec_updates<'a>(
-    qb: &mut QueryBuilder<'a, Sqlite>,
-    updates: &'a [ExecUpdate],
-    chunk: &[usize],
-    tag: i64,
-) {
-    let staged: Vec<(&ExecUpdate, &crate::DeliveryRow)> = chunk
-        .iter()
-        .flat_map(|&i| updates[i].deliveries.iter().map(move |d| (&updates[i], d)))
-        .collect();
-    if !staged.is_empty() {
-        // Before the updates, under the same condition: a delivery is stored exactly when
-        // its update applies.
-        qb.push(format!(
-            "WITH d(exec_id, exec_owner, exec_attempt, {DELIVERY_COLS}) AS ("
-        ));
-        qb.push_values(staged, |mut b, (u, d)| {
-            b.push_bind(u.id.to_string())
-                .push_bind(&u.lease_owner)
-                .push_bind(u.attempt);
-            crate::sqlite_webhooks::bind_delivery(&mut b, d);
-        });
-        qb.push(format!(
-            ") INSERT OR ROLLBACK INTO webhook_deliveries ({DELIVERY_COLS}) \
-             SELECT {} FROM d JOIN executions e ON e.id = d.exec_id \
-             AND e.status = 'running' AND e.lease_owner = d.exec_owner \
-             AND e.attempt = d.exec_attempt; ",
-            crate::prefixed("d.", DELIVERY_COLS)
-        ));
-    }
-    let (terminal, progress): (Vec<usize>, Vec<usize>) = chunk
-        .iter()
-        .partition(|&&i| updates[i].status.as_deref().is_some_and(is_terminal));
-    if !terminal.is_empty() {
-        qb.push(
-            "WITH v(id, owner, attempt, status, error, finished_at, state, search_text, \
-             clear_started) AS (",
-        );
-        qb.push_values(terminal, |mut b, i| {
-            let u = &updates[i];
-            b.push_bind(u.id.to_string())
-                .push_bind(&u.lease_owner)
-                .push_bind(u.attempt)
-                .push_bind(&u.status)
-                .push_bind(&u.error)
-                .push_bind(u.finished_at)
-                .push_bind(&u.state)
-                .push_bind(&u.search_text)
-                .push_bind(u.clear_started);
-        });
-        qb.push(
-            ") UPDATE OR ROLLBACK executions SET status = v.status, error = v.error, \
-             finished_at = v.finished_at, state = v.state, \
-             search_text = COALESCE(v.search_text, executions.search_text), \
-             started_at = CASE WHEN v.clear_started THEN NULL ELSE executions.started_at END, \
-             lease_owner = NULL, lease_expires_at = NULL \
-             FROM v WHERE executions.id = v.id AND executions.status = 'running' \
-             AND executions.lease_owner = v.owner AND executions.attempt = v.attempt \
-             RETURNING executions.id, ",
-        );
-        qb.push(format!("{tag}; "));
-    }
-    // A progress write (a non-terminal status is one too: the row stays running).
-    if !progress.is_empty() {
-        qb.push("WITH v(id, owner, attempt, state) AS (");
-        qb.push_values(progress, |mut b, i| {
-            let u = &updates[i];
-            b.push_bind(u.id.to_string())
-                .push_bind(&u.lease_owner)
-                .push_bind(u.attempt)
-                .push_bind(&u.state);
-        });
-        qb.push(
-            ") UPDATE OR ROLLBACK executions SET state = v.state \
-             FROM v WHERE executions.id = v.id AND executions.status = 'running' \
-             AND executions.lease_owner = v.owner AND executions.attempt = v.attempt \
-             RETURNING executions.id, ",
-        );
-        qb.push(format!("{tag}; "));
-    }
-}
-
-/// Inserts execution rows as statements of a script, many rows per statement.
-pub(crate) fn push_insert_executions<'a>(
-    qb: &mut QueryBuilder<'a, Sqlite>,
-    rows: &'a [ExecutionRow],
-) {
-    // 23 binds per row; SQLite allows 32766 variables per statement.
-    for chunk in rows.chunks(1000) {
-        qb.push(format!("INSERT OR ROLLBACK INTO executions ({COLS}) "));
-        qb.push_values(chunk, |mut b, r| {
-            b.push_bind(r.id.to_string())
-                .push_bind(&r.owner_id)
-                .push_bind(r.flow_id.to_string())
-                .push_bind(r.trigger_id.to_string())
-                .push_bind(&r.kind)
-                .push_bind(&r.status)
-                .push_bind(r.device_id.map(|d| d.to_string()))
-                .push_bind(&r.invocation_id)
-                .push_bind(&r.event_id)
-                .push_bind(&r.error)
-                .push_bind(&r.flow_name)
-                .push_bind(&r.trigger_name)
-                .push_bind(&r.created_by)
-                .push_bind(r.enqueued_at)
-                .push_bind(r.started_at)
-                .push_bind(r.finished_at)
-                .push_bind(r.attempt)
-                .push_bind(&r.lease_owner)
-                .push_bind(r.lease_expires_at)
-                .push_bind(&r.graph_hash)
-                .push_bind(&r.snapshot)
-                .push_bind(&r.state)
-                .push_bind(&r.search_text);
-        });
-        qb.push("; ");
     }
 }

@@ -20,7 +20,7 @@ pub(crate) const DELIVERY_COLS: &str = "id, owner_id, endpoint_id, event_id, eve
      occurred_at, data, status, attempts, last_status_code, last_error, duration_ms, is_test, \
      created_at, completed_at, created_by, next_attempt_at, lease_owner";
 
-const ATTEMPT_COLS: &str = "delivery_id, attempt_no, sent_at, request_url, request_method, \
+pub(crate) const ATTEMPT_COLS: &str = "delivery_id, attempt_no, sent_at, request_url, request_method, \
      request_headers, request_body, signed, response_status, response_headers, \
      response_snippet, duration_ms, error";
 
