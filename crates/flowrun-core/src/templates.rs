@@ -318,23 +318,42 @@ fn invalid_path(raw: &str) -> TemplateError {
     }
 }
 
+/// Where a string sits inside a value (`a.b[2]`), kept as a chain of borrowed steps and
+/// written out only when an error names it: walking a value then allocates nothing.
+#[derive(Clone, Copy)]
+enum Loc<'a> {
+    Root,
+    Key(&'a Loc<'a>, &'a str),
+    Index(&'a Loc<'a>, usize),
+}
+
+impl Loc<'_> {
+    fn text(&self) -> String {
+        match self {
+            Loc::Root => String::new(),
+            Loc::Key(parent, key) => join(&parent.text(), key),
+            Loc::Index(parent, i) => format!("{}[{i}]", parent.text()),
+        }
+    }
+}
+
 /// Calls `f` with every string inside `value` and its location.
 fn walk_strings<E>(
     value: &Value,
-    at: &str,
-    f: &mut dyn FnMut(&str, &str) -> Result<(), E>,
+    at: &Loc<'_>,
+    f: &mut dyn FnMut(&str, &Loc<'_>) -> Result<(), E>,
 ) -> Result<(), E> {
     match value {
         Value::String(s) => f(s, at),
         Value::Array(items) => {
             for (i, v) in items.iter().enumerate() {
-                walk_strings(v, &format!("{at}[{i}]"), f)?;
+                walk_strings(v, &Loc::Index(at, i), f)?;
             }
             Ok(())
         }
         Value::Object(m) => {
             for (k, v) in m {
-                walk_strings(v, &join(at, k), f)?;
+                walk_strings(v, &Loc::Key(at, k), f)?;
             }
             Ok(())
         }
@@ -355,23 +374,23 @@ enum Fail {
 /// Resolves every `{{ path }}` inside any string of `value` (objects and arrays recursively;
 /// keys never). Errors carry the location of the failing string in [`TemplateError::field`].
 pub fn resolve(value: &Value, scope: &TemplateScope) -> Result<Value, TemplateError> {
-    resolve_at(value, scope, "")
+    resolve_at(value, scope, &Loc::Root)
 }
 
-fn resolve_at(value: &Value, scope: &TemplateScope, at: &str) -> Result<Value, TemplateError> {
+fn resolve_at(value: &Value, scope: &TemplateScope, at: &Loc<'_>) -> Result<Value, TemplateError> {
     Ok(match value {
-        Value::String(s) => resolve_string(s, scope).map_err(|e| e.with_field(at))?,
+        Value::String(s) => resolve_string(s, scope).map_err(|e| e.with_field(&at.text()))?,
         Value::Array(items) => Value::Array(
             items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| resolve_at(v, scope, &format!("{at}[{i}]")))
+                .map(|(i, v)| resolve_at(v, scope, &Loc::Index(at, i)))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(m) => {
             let mut out = Map::with_capacity(m.len());
             for (k, v) in m {
-                out.insert(k.clone(), resolve_at(v, scope, &join(at, k))?);
+                out.insert(k.clone(), resolve_at(v, scope, &Loc::Key(at, k))?);
             }
             Value::Object(out)
         }
@@ -621,38 +640,54 @@ fn lookup<'a>(segs: &[String], scope: &TemplateScope<'a>) -> Result<Cow<'a, Valu
 // Static checks
 // ---------------------------------------------------------------------------------------
 
-/// Whether `value` contains any token that is late (would stay literal when `late == false`):
-/// step outputs, `prev`, `results`, loop variables, and any first segment that is not a root
-/// available before the first step (the item variable, v1–2 step slugs/keys).
-pub fn has_late_refs(value: &Value, version: i64) -> bool {
-    walk_strings(value, "", &mut |s, _| {
-        // Lenient: an unclosed `{{` ends the scan (it is judged by `resolve`).
-        let pieces = tokenize(s, 1).unwrap_or_default();
-        let late = pieces.iter().any(|p| match p {
-            Piece::Token { path, .. } => {
-                parse_path(path).is_some_and(|segs| is_late(&segs, version))
+/// How a value's templates depend on the run: [`Dependence::late`] when some token
+/// references step outputs, loop variables or anything else not known before step one (such
+/// a token stays literal in pre-resolution); [`Dependence::moving`] when some token may
+/// resolve differently from one step to the next (late tokens and `now`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dependence {
+    pub late: bool,
+    pub moving: bool,
+}
+
+/// One scan of `value`'s strings for [`Dependence`]. Lenient: an unclosed `{{` ends a
+/// string's scan and a token that is not a path counts as moving (both are judged by
+/// `resolve`).
+pub fn dependence(value: &Value, version: i64) -> Dependence {
+    let mut dep = Dependence::default();
+    let _ = walk_strings::<()>(value, &Loc::Root, &mut |s, _| {
+        if !s.contains("{{") {
+            return Ok(());
+        }
+        for piece in tokenize(s, 1).unwrap_or_default() {
+            let Piece::Token { path, .. } = piece else {
+                continue;
+            };
+            match parse_path(path) {
+                Some(segs) if is_late(&segs, version) => {
+                    dep.late = true;
+                    dep.moving = true;
+                }
+                Some(segs) if segs[0] == "now" => dep.moving = true,
+                Some(_) => {}
+                None => dep.moving = true,
             }
-            Piece::Text(_) => false,
-        });
-        if late { Err(()) } else { Ok(()) }
-    })
-    .is_err()
+        }
+        // Nothing more to learn once both are set.
+        if dep.late { Err(()) } else { Ok(()) }
+    });
+    dep
+}
+
+/// Whether any token in `value` stays literal in pre-resolution (see [`Dependence::late`]).
+pub fn has_late_refs(value: &Value, version: i64) -> bool {
+    dependence(value, version).late
 }
 
 /// Whether `value` resolves the same at every step of a run: no late token (see
 /// [`has_late_refs`]) and none of `now`, the one root that moves from step to step.
 pub fn is_fixed_for_run(value: &Value, version: i64) -> bool {
-    walk_strings(value, "", &mut |s, _| {
-        let pieces = tokenize(s, 1).unwrap_or_default();
-        let moving = pieces.iter().any(|p| match p {
-            Piece::Token { path, .. } => parse_path(path).is_none_or(|segs| {
-                is_late(&segs, version) || segs.first().is_some_and(|f| f == "now")
-            }),
-            Piece::Text(_) => false,
-        });
-        if moving { Err(()) } else { Ok(()) }
-    })
-    .is_ok()
+    !dependence(value, version).moving
 }
 
 /// Step references for `POST /flows/validate`: the keys named by `steps.<key>…` tokens in
@@ -661,8 +696,8 @@ pub fn is_fixed_for_run(value: &Value, version: i64) -> bool {
 /// error (`invalid_template`) or forbidden path (`forbidden_path`).
 pub fn step_references(value: &Value, version: i64) -> Result<Vec<String>, TemplateError> {
     let mut refs = Vec::new();
-    walk_strings(value, "", &mut |s, at| {
-        for piece in tokenize(s, version).map_err(|e| e.with_field(at))? {
+    walk_strings(value, &Loc::Root, &mut |s, at| {
+        for piece in tokenize(s, version).map_err(|e| e.with_field(&at.text()))? {
             let Piece::Token { raw, path } = piece else {
                 continue;
             };
@@ -670,14 +705,14 @@ pub fn step_references(value: &Value, version: i64) -> Result<Vec<String>, Templ
                 if norm(version) == 1 {
                     continue;
                 }
-                return Err(invalid_path(raw).with_field(at));
+                return Err(invalid_path(raw).with_field(&at.text()));
             };
             if is_forbidden(&segs, version) {
                 if norm(version) == 1 {
                     continue;
                 }
                 return Err(TemplateError::Forbidden {
-                    field: at.to_string(),
+                    field: at.text(),
                     path: path.to_string(),
                 });
             }
@@ -698,19 +733,19 @@ pub fn check(value: &Value, version: i64) -> Vec<TemplateError> {
     if norm(version) == 1 {
         return errs;
     }
-    let _ = walk_strings::<()>(value, "", &mut |s, at| {
+    let _ = walk_strings::<()>(value, &Loc::Root, &mut |s, at| {
         match tokenize(s, version) {
-            Err(e) => errs.push(e.with_field(at)),
+            Err(e) => errs.push(e.with_field(&at.text())),
             Ok(pieces) => {
                 for piece in pieces {
                     let Piece::Token { raw, path } = piece else {
                         continue;
                     };
                     match parse_path(path) {
-                        None => errs.push(invalid_path(raw).with_field(at)),
+                        None => errs.push(invalid_path(raw).with_field(&at.text())),
                         Some(segs) if is_forbidden(&segs, version) => {
                             errs.push(TemplateError::Forbidden {
-                                field: at.to_string(),
+                                field: at.text(),
                                 path: path.to_string(),
                             })
                         }
@@ -1393,6 +1428,23 @@ mod tests {
         assert!(!is_fixed_for_run(&json!("{{loop.index}}"), 1));
         assert!(is_fixed_for_run(&json!("{{payload.x}}"), 2));
         assert!(!is_fixed_for_run(&json!("{{payload.x}}"), 3));
+        // One scan gives both answers; a later string can still add to an earlier one's.
+        let dep = |v: Value| dependence(&v, 3);
+        assert_eq!(dep(json!(["plain", 1])), Dependence::default());
+        assert_eq!(
+            dep(json!({"a": "{{now}}", "b": "{{event.id}}"})),
+            Dependence {
+                late: false,
+                moving: true
+            }
+        );
+        assert_eq!(
+            dep(json!({"a": "{{now}}", "b": ["{{prev.body}}"]})),
+            Dependence {
+                late: true,
+                moving: true
+            }
+        );
     }
 
     #[test]

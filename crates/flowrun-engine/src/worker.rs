@@ -1016,9 +1016,8 @@ impl Run {
     /// Pre-resolution (§5.10): everything that does not depend on step outputs or loop
     /// variables must resolve (and, without late references, validate) before step one.
     fn pre_resolve(&mut self) -> Result<(), String> {
-        let snap = self.snap.clone();
         let scope = TemplateScope {
-            version: snap.template_version,
+            version: self.snap.template_version,
             roots: &self.roots,
             steps: &[],
             prev: None,
@@ -1035,7 +1034,8 @@ impl Run {
                 let merged = s.merged_params();
                 let resolved = templates::resolve(&merged, scope)
                     .map_err(|e| format!("template_error: {}: {}", s.key, e.message()))?;
-                if !templates::has_late_refs(&merged, scope.version)
+                let dependence = templates::dependence(&merged, scope.version);
+                if !dependence.late
                     && let Some(entry) = catalog::by_method(&s.method)
                 {
                     if let Err(errs) =
@@ -1044,7 +1044,7 @@ impl Run {
                         return Err(format!("invalid_params: {}", join_errors(&errs)));
                     }
                     // Resolved and validated once: the step uses these params as they are.
-                    if templates::is_fixed_for_run(&merged, scope.version) {
+                    if !dependence.moving {
                         fixed.insert(s.key.clone(), resolved);
                     }
                 }
@@ -1053,7 +1053,7 @@ impl Run {
             Ok(())
         }
         let mut fixed = HashMap::new();
-        walk(&snap.steps, &scope, &mut fixed)?;
+        walk(&self.snap.steps, &scope, &mut fixed)?;
         self.pre_resolved = fixed;
         Ok(())
     }
