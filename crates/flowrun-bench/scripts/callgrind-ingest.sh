@@ -36,3 +36,4 @@ wait $VG 2>/dev/null || true
 TOTAL=$(callgrind_annotate "$DIR/cg.out.1" 2>/dev/null | grep -m1 "PROGRAM TOTALS" | awk '{gsub(",", "", $1); print $1}')
 EVENTS=$((N1 - N0))
 echo "events: $EVENTS  instructions: $TOTAL  per event: $((TOTAL / EVENTS))"
+if [ -n "${KEEP_CALLGRIND:-}" ]; then cp "$DIR/cg.out.1" "$KEEP_CALLGRIND"; fi

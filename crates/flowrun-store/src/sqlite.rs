@@ -36,13 +36,20 @@ impl SqliteStore {
             .foreign_keys(true);
         // No ping before each acquire: it is a round trip to the connection's thread (two
         // wake-ups) on every write and read, and a broken file fails the query itself anyway.
+        // The writer leaves checkpoints to the commit queue's checkpoint thread (see
+        // sqlite_batch); an in-memory database has no WAL.
+        let checkpointed = wal_path(path).is_some();
         let writer = SqlitePoolOptions::new()
             .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(opts.clone())
+            .connect_with(if checkpointed {
+                opts.clone().pragma("wal_autocheckpoint", "0")
+            } else {
+                opts.clone()
+            })
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()

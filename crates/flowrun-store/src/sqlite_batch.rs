@@ -59,11 +59,15 @@ pub(crate) enum Job {
         writes: Vec<AttemptWrite>,
         reply: oneshot::Sender<Result<Vec<bool>>>,
     },
+    /// From the checkpoint thread: complete its checkpoint before the next transaction.
+    FinishCheckpoint,
 }
 
 /// The queue of the single writer task.
 pub(crate) struct CommitQueue {
     tx: mpsc::UnboundedSender<Job>,
+    /// Dropped with the queue: stops the checkpoint thread.
+    _checkpoints: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// How long a batch of attempt records alone waits for other writes to share its commit:
@@ -76,6 +80,16 @@ impl CommitQueue {
     pub(crate) fn start(writer: SqlitePool, wal: Option<PathBuf>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        let checkpoints = wal.as_ref().map(|wal| {
+            let (stop, stopped) = std::sync::mpsc::channel();
+            let db = database_of(wal);
+            let jobs = tx.downgrade();
+            std::thread::Builder::new()
+                .name("flowrun-wal-checkpoint".into())
+                .spawn(move || run_checkpointer(&db, &stopped, &jobs))
+                .expect("the WAL checkpoint thread starts");
+            stop
+        });
         std::thread::Builder::new()
             .name("flowrun-wal-sync".into())
             .spawn(move || run_flusher(wal, flush_rx))
@@ -85,7 +99,10 @@ impl CommitQueue {
             .name("flowrun-sqlite-writer".into())
             .spawn(move || run_writer(&runtime, writer, rx, flush_tx))
             .expect("the SQLite writer thread starts");
-        Self { tx }
+        Self {
+            tx,
+            _checkpoints: checkpoints,
+        }
     }
 
     async fn submit<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T>>) -> Job) -> Result<T> {
@@ -185,13 +202,22 @@ fn run_writer(
             all.append(&mut jobs);
             all
         };
-        let mut committed: Committed = match runtime.block_on(run_jobs(&writer, &batch)) {
+        let mut batch = batch;
+        let finish = batch.iter().any(|j| matches!(j, Job::FinishCheckpoint));
+        batch.retain(|j| !matches!(j, Job::FinishCheckpoint));
+        if batch.is_empty() {
+            if finish {
+                runtime.block_on(finish_checkpoint(&writer));
+            }
+            continue;
+        }
+        let mut committed: Committed = match runtime.block_on(run_jobs(&writer, &batch, finish)) {
             Ok(results) => batch.into_iter().zip(results).collect(),
             Err(_) if batch.len() > 1 => {
                 // Find the culprit: every job on its own.
                 let mut committed = Vec::new();
                 for job in batch {
-                    match runtime.block_on(run_jobs(&writer, std::slice::from_ref(&job))) {
+                    match runtime.block_on(run_jobs(&writer, std::slice::from_ref(&job), false)) {
                         Ok(mut r) => committed.push((job, r.pop().unwrap_or_default())),
                         Err(e) => reply(job, Err(e)),
                     }
@@ -247,6 +273,89 @@ fn run_flusher(wal: Option<PathBuf>, mut rx: mpsc::UnboundedReceiver<Committed>)
     }
 }
 
+/// How often the checkpoint thread looks at the WAL.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// The database file whose WAL is `wal`.
+fn database_of(wal: &std::path::Path) -> PathBuf {
+    let name = wal.as_os_str().to_string_lossy();
+    PathBuf::from(name.strip_suffix("-wal").unwrap_or(&name).to_string())
+}
+
+/// Checkpoints the WAL on a connection of its own every [`CHECKPOINT_EVERY`]. The writer
+/// connection does not checkpoint (`wal_autocheckpoint = 0`, see `SqliteStore::open`): done
+/// inside a commit, copying a few megabytes into the database file and syncing it held up
+/// the serial writer for milliseconds every hundred runs or so. A passive checkpoint runs
+/// beside the writer and syncs the WAL before it copies frames, as an automatic one does,
+/// but it cannot copy what is appended meanwhile, and only a checkpoint that copied every
+/// frame lets the next transaction restart the WAL from its start. So while writes come in,
+/// the writer finishes it between two transactions ([`Job::FinishCheckpoint`]): a few frames
+/// to copy instead of megabytes.
+fn run_checkpointer(
+    db: &std::path::Path,
+    stopped: &std::sync::mpsc::Receiver<()>,
+    jobs: &mpsc::WeakUnboundedSender<Job>,
+) {
+    let mut conn: Option<rusqlite::Connection> = None;
+    let mut seen = 0;
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stopped.recv_timeout(CHECKPOINT_EVERY)
+    {
+        if conn.is_none() {
+            match rusqlite::Connection::open_with_flags(
+                db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ) {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the WAL checkpoint connection did not open");
+                    continue;
+                }
+            }
+        }
+        let Some(c) = &conn else { continue };
+        // (busy, frames in the WAL, frames copied)
+        match c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+            // Frames it counted are copied; those written since are not, and while the WAL
+            // keeps changing the writer finishes (an idle WAL is left alone).
+            Ok(frames) if frames != seen => {
+                seen = frames;
+                match jobs.upgrade() {
+                    Some(jobs) => {
+                        let _ = jobs.send(Job::FinishCheckpoint);
+                    }
+                    None => break,
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+                conn = None;
+            }
+        }
+    }
+}
+
+/// Completes a checkpoint on the writer connection (see [`run_checkpointer`]).
+async fn finish_checkpoint(writer: &SqlitePool) {
+    let done = async {
+        let mut conn = writer.acquire().await?;
+        let mut locked = conn.lock_handle().await?;
+        // SAFETY: as in `run_jobs`.
+        let db = unsafe { rusqlite::Connection::from_handle(locked.as_raw_handle().as_ptr()) }?;
+        checkpoint(&db)
+    };
+    if let Err(e) = done.await {
+        tracing::warn!(error = %e, "WAL checkpoint failed");
+    }
+}
+
+fn checkpoint(db: &rusqlite::Connection) -> Result<()> {
+    db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    Ok(())
+}
+
 /// fsyncs the WAL file through a kept descriptor, opened again when the path names another
 /// file (SQLite deletes and recreates the WAL when the last connection closes).
 fn sync_wal(wal: &std::path::Path, file: &mut Option<(std::fs::File, u64)>) -> std::io::Result<()> {
@@ -275,12 +384,20 @@ fn reply(job: Job, result: Result<Vec<bool>>) {
         Job::Exec { reply, .. } | Job::Attempts { reply, .. } => {
             let _ = reply.send(result);
         }
+        Job::FinishCheckpoint => {}
     }
 }
 
 /// Runs the jobs as one transaction on the writer connection's SQLite handle and returns
 /// each job's applied flags (empty for an insert). On an error nothing is committed.
-async fn run_jobs(writer: &SqlitePool, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
+///
+/// With `finish_checkpoint`, first completes the checkpoint thread's checkpoint (see
+/// [`run_checkpointer`]).
+async fn run_jobs(
+    writer: &SqlitePool,
+    jobs: &[Job],
+    finish_checkpoint: bool,
+) -> Result<Vec<Vec<bool>>> {
     let mut conn = writer.acquire().await?;
     let (result, usable) = {
         let mut locked = conn.lock_handle().await?;
@@ -288,6 +405,9 @@ async fn run_jobs(writer: &SqlitePool, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
         // drops, and `db` (which does not close the handle) drops before it, finalizing every
         // statement it prepared.
         let db = unsafe { rusqlite::Connection::from_handle(locked.as_raw_handle().as_ptr()) }?;
+        if finish_checkpoint && let Err(e) = checkpoint(&db) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
         let result = write_jobs(&db, jobs);
         let usable = result.is_ok() || end_failed(&db);
         (result, usable)
@@ -354,6 +474,8 @@ fn write_jobs(db: &rusqlite::Connection, jobs: &[Job]) -> Result<Vec<Vec<bool>>>
                 .iter()
                 .map(|w| hot.record_attempt(w))
                 .collect::<Result<_>>()?,
+            // Taken out of every batch before it is written (see `run_writer`).
+            Job::FinishCheckpoint => Vec::new(),
         });
     }
     drop(hot);
@@ -387,5 +509,64 @@ mod tests {
         sync_wal(&wal, &mut kept).unwrap();
         let again = kept.as_ref().map(|(_, ino)| *ino).unwrap();
         assert_eq!(again, std::fs::metadata(&wal).unwrap().ino());
+    }
+
+    /// Frames in the WAL of `db` (a passive checkpoint reports them).
+    fn wal_frames(db: &rusqlite::Connection) -> i64 {
+        db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_the_writer_finishes_lets_the_wal_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .pragma("wal_autocheckpoint", "0");
+        let writer = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (x TEXT)")
+            .execute(&writer)
+            .await
+            .unwrap();
+        let insert = |n: usize| {
+            let writer = writer.clone();
+            async move {
+                for _ in 0..n {
+                    sqlx::query("INSERT INTO t VALUES (hex(randomblob(2000)))")
+                        .execute(&writer)
+                        .await
+                        .unwrap();
+                }
+            }
+        };
+        insert(200).await;
+        // The checkpoint thread's checkpoint is left behind by writes that came while it ran:
+        // a reader's snapshot stands in for the moment it started (it copies up to there).
+        let reader = rusqlite::Connection::open(&path).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM t;")
+            .unwrap();
+        insert(20).await;
+        let side = rusqlite::Connection::open(&path).unwrap();
+        let before = wal_frames(&side);
+        reader.execute_batch("COMMIT").unwrap();
+        // Without the writer finishing it, the WAL only grows.
+        insert(1).await;
+        let grown = wal_frames(&side);
+        assert!(grown > before, "{grown} frames after {before}");
+        finish_checkpoint(&writer).await;
+        insert(1).await;
+        let after = wal_frames(&side);
+        assert!(
+            after < 10,
+            "the WAL restarted from its start: {after} frames"
+        );
     }
 }
