@@ -288,23 +288,27 @@ impl Store for SqliteStore {
     }
 }
 
+/// A definition's upsert: kind, id, owner, document, time (here and in `sqlite_hot`).
+pub(crate) const PUT_DOC: &str = "INSERT INTO definitions (kind, id, owner_id, doc, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc, \
+     owner_id = excluded.owner_id, updated_at = excluded.updated_at";
+/// A definition's delete: kind, id.
+pub(crate) const DELETE_DOC: &str = "DELETE FROM definitions WHERE kind = ?1 AND id = ?2";
+
 pub(crate) async fn write_doc(conn: &mut SqliteConnection, w: &DocWrite, now: i64) -> Result<()> {
     match &w.json {
         Some(json) => {
-            sqlx::query(
-                "INSERT INTO definitions (kind, id, owner_id, doc, updated_at) VALUES (?, ?, ?, ?, ?) \
-                 ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc, owner_id = excluded.owner_id, updated_at = excluded.updated_at",
-            )
-            .bind(w.kind.as_str())
-            .bind(&w.id)
-            .bind(&w.owner_id)
-            .bind(json)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query(PUT_DOC)
+                .bind(w.kind.as_str())
+                .bind(&w.id)
+                .bind(&w.owner_id)
+                .bind(json)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
         }
         None => {
-            sqlx::query("DELETE FROM definitions WHERE kind = ? AND id = ?")
+            sqlx::query(DELETE_DOC)
                 .bind(w.kind.as_str())
                 .bind(&w.id)
                 .execute(&mut *conn)

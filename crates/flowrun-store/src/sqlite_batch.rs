@@ -157,7 +157,7 @@ impl CommitQueue {
     }
 }
 
-/// Jobs whose script committed without fsync, with their results, waiting for the flusher.
+/// Jobs whose transaction committed without fsync, with their results, waiting for the flusher.
 type Committed = Vec<(Job, Vec<bool>)>;
 
 /// The writer thread: takes what is queued, writes it as one transaction, hands it to the
@@ -192,7 +192,7 @@ fn run_writer(
         // Enqueues and step writes are on their callers' critical path, attempt records are
         // not: when both wait, the first script takes the urgent ones alone (a shorter
         // commit for them) and the records follow in the next, with whatever came meanwhile.
-        let batch = if carried.is_empty() && !jobs.iter().all(is_record) {
+        let mut batch = if carried.is_empty() && !jobs.iter().all(is_record) {
             let (records, urgent): (Vec<Job>, Vec<Job>) =
                 std::mem::take(&mut jobs).into_iter().partition(is_record);
             carried = records;
@@ -202,7 +202,6 @@ fn run_writer(
             all.append(&mut jobs);
             all
         };
-        let mut batch = batch;
         let finish = batch.iter().any(|j| matches!(j, Job::FinishCheckpoint));
         batch.retain(|j| !matches!(j, Job::FinishCheckpoint));
         if batch.is_empty() {
@@ -339,14 +338,7 @@ fn run_checkpointer(
 
 /// Completes a checkpoint on the writer connection (see [`run_checkpointer`]).
 async fn finish_checkpoint(writer: &SqlitePool) {
-    let done = async {
-        let mut conn = writer.acquire().await?;
-        let mut locked = conn.lock_handle().await?;
-        // SAFETY: as in `run_jobs`.
-        let db = unsafe { rusqlite::Connection::from_handle(locked.as_raw_handle().as_ptr()) }?;
-        checkpoint(&db)
-    };
-    if let Err(e) = done.await {
+    if let Err(e) = on_writer_handle(writer, |db| (checkpoint(db), true)).await {
         tracing::warn!(error = %e, "WAL checkpoint failed");
     }
 }
@@ -398,6 +390,23 @@ async fn run_jobs(
     jobs: &[Job],
     finish_checkpoint: bool,
 ) -> Result<Vec<Vec<bool>>> {
+    on_writer_handle(writer, |db| {
+        if finish_checkpoint && let Err(e) = checkpoint(db) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+        let result = write_jobs(db, jobs);
+        let usable = result.is_ok() || end_failed(db);
+        (result, usable)
+    })
+    .await
+}
+
+/// Runs `f` on the writer connection's SQLite handle, borrowed from the driver; `f` also says
+/// whether the connection is fit for reuse (if not, it is closed).
+async fn on_writer_handle<T>(
+    writer: &SqlitePool,
+    f: impl FnOnce(&rusqlite::Connection) -> (Result<T>, bool),
+) -> Result<T> {
     let mut conn = writer.acquire().await?;
     let (result, usable) = {
         let mut locked = conn.lock_handle().await?;
@@ -405,12 +414,7 @@ async fn run_jobs(
         // drops, and `db` (which does not close the handle) drops before it, finalizing every
         // statement it prepared.
         let db = unsafe { rusqlite::Connection::from_handle(locked.as_raw_handle().as_ptr()) }?;
-        if finish_checkpoint && let Err(e) = checkpoint(&db) {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
-        }
-        let result = write_jobs(&db, jobs);
-        let usable = result.is_ok() || end_failed(&db);
-        (result, usable)
+        f(&db)
     };
     if !usable {
         let _ = conn.detach().close().await;

@@ -51,11 +51,8 @@ static SQL: LazyLock<[String; SQL_COUNT]> = LazyLock::new(|| {
             crate::sqlite_webhooks::DELIVERY_COLS,
             params(19)
         ),
-        "INSERT INTO definitions (kind, id, owner_id, doc, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (kind, id) DO UPDATE SET \
-         doc = excluded.doc, owner_id = excluded.owner_id, updated_at = excluded.updated_at"
-            .into(),
-        "DELETE FROM definitions WHERE kind = ?1 AND id = ?2".into(),
+        crate::sqlite::PUT_DOC.into(),
+        crate::sqlite::DELETE_DOC.into(),
         "UPDATE OR ROLLBACK executions SET status = ?4, error = ?5, finished_at = ?6, \
          state = ?7, search_text = COALESCE(?8, search_text), \
          started_at = CASE WHEN ?9 THEN NULL ELSE started_at END, \
