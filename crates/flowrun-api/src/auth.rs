@@ -6,10 +6,9 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header;
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use flowrun_core::model::Caller;
@@ -117,8 +116,9 @@ impl KeyCache {
     }
 }
 
-/// Middleware: resolves the bearer key to a [`Caller`] extension, else 401.
-pub async fn require_key(State(app): State<App>, mut req: Request, next: Next) -> Response {
+/// Resolves the bearer key to a [`Caller`] extension of the request, else answers 401 (see
+/// [`crate::gate`]).
+pub(crate) async fn authenticate(app: &App, mut req: Request) -> Result<Request, Response> {
     // A clone of the header shares its bytes (no copy), and the future holds no borrow of the
     // request across the lookup.
     let authorization = req.headers().get(header::AUTHORIZATION).cloned();
@@ -130,16 +130,15 @@ pub async fn require_key(State(app): State<App>, mut req: Request, next: Next) -
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         });
     let Some(key) = key else {
-        return axum::response::IntoResponse::into_response(ApiError::unauthorized());
+        return Err(ApiError::unauthorized().into_response());
     };
-    let resolved = app.keys.resolve(&*app.store, key).await;
-    match resolved {
+    match app.keys.resolve(&*app.store, key).await {
         Ok(Some(caller)) => {
             req.extensions_mut().insert(caller);
-            next.run(req).await
+            Ok(req)
         }
-        Ok(None) => axum::response::IntoResponse::into_response(ApiError::unauthorized()),
-        Err(e) => axum::response::IntoResponse::into_response(e),
+        Ok(None) => Err(ApiError::unauthorized().into_response()),
+        Err(e) => Err(e.into_response()),
     }
 }
 

@@ -13,6 +13,8 @@ pub struct ApiError {
     pub message: String,
     pub details: Option<Box<Value>>,
     pub retry_after: Option<u64>,
+    /// What went wrong, for the log only (see [`crate::frame`]); never in the body.
+    pub cause: Option<String>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -25,6 +27,7 @@ impl ApiError {
             message: message.into(),
             details: None,
             retry_after: None,
+            cause: None,
         }
     }
 
@@ -125,14 +128,16 @@ impl ApiError {
         )
     }
 
+    /// A 500. The cause is logged with the request id by the request frame, never sent to
+    /// the client.
     pub fn internal(err: impl std::fmt::Display) -> Self {
-        // The cause is logged, never sent to the client.
-        tracing::error!(error = %err, "internal error");
-        Self::new(
+        let mut e = Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
             "Internal server error",
-        )
+        );
+        e.cause = Some(err.to_string());
+        e
     }
 
     pub fn unavailable() -> Self {
@@ -168,6 +173,10 @@ impl IntoResponse for ApiError {
             body["details"] = *d;
         }
         let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(cause) = self.cause {
+            resp.extensions_mut()
+                .insert(crate::frame::InternalCause(cause));
+        }
         let h = resp.headers_mut();
         if let Some(s) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(s));

@@ -7,7 +7,7 @@
 //! `POST /webhooks` answers the endpoint's current state without its secret.
 
 use axum::body::{Body, to_bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -105,7 +105,8 @@ fn fingerprint(body: &[u8], parsed: Option<&serde_json::Value>, query: Option<&s
     hex::encode(h.finalize())
 }
 
-pub async fn idempotency(State(app): State<App>, req: Request, next: Next) -> Response {
+/// Applies the request's `Idempotency-Key`, if it has one (see [`crate::gate`]).
+pub(crate) async fn idempotency(app: &App, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     if !matches!(
         method,
@@ -172,12 +173,12 @@ pub async fn idempotency(State(app): State<App>, req: Request, next: Next) -> Re
         IdemBegin::Mismatch => key_reused(),
         IdemBegin::InProgress if !fire => in_progress(),
         IdemBegin::Replay(stored) if is_webhook_create(&method, &route) => {
-            crate::routes::webhooks::replay_create(&app, &scope.owner_id, &stored).await
+            crate::routes::webhooks::replay_create(app, &scope.owner_id, &stored).await
         }
         IdemBegin::Replay(stored) if !fire => replay(stored),
         IdemBegin::New => {
             let resp = next.run(req).await;
-            finish(&app, &scope, resp, fire).await
+            finish(app, &scope, resp, fire).await
         }
         // fire: the fingerprint matched; the handler dedupes per flow.
         _ => next.run(req).await,

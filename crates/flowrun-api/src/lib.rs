@@ -1,14 +1,17 @@
 //! flowrun-api: the HTTP surface of flowrun (axum).
 //!
 //! Every route is served under `/v1` and at the root. Layers, outermost first: trailing-slash
-//! normalisation, request ids and tracing, error-body mapping (405/413/404 from the framework
-//! become spec error bodies), then per route: bearer auth and `Idempotency-Key` handling.
+//! normalisation, the request frame (request ids, error-body mapping of 405/413/404 from the
+//! framework, logging: [`frame`]), then per route one gate: metrics, bearer auth and
+//! `Idempotency-Key` handling ([`gate`]).
 //! Handlers are grouped by resource in [`routes`]; each reads the in-memory definitions
 //! ([`flowrun_store::Registry`]) and writes through it.
 
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod frame;
+pub mod gate;
 pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
@@ -22,15 +25,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::http::HeaderValue;
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use flowrun_engine::Engine;
 use flowrun_store::{Registry, Store};
 use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ApiResult};
 
@@ -110,16 +111,20 @@ pub fn router(app: App) -> Router {
     let (public, public_doc) = routes::public_router().split_for_parts();
     doc.merge(public_doc);
     let doc = Arc::new(openapi::finish(doc));
-    let mut api = api
-        .route_layer(from_fn_with_state(app.clone(), idempotency::idempotency))
-        .route_layer(from_fn_with_state(app.clone(), auth::require_key));
-    let mut public = public;
-    if app.config.metrics.is_some() {
-        // Outside auth, so refused requests are counted too.
-        let series = metrics::HttpSeries::default();
-        api = api.route_layer(from_fn_with_state(series.clone(), metrics::record_http));
-        public = public.route_layer(from_fn_with_state(series, metrics::record_http));
-    }
+    // One series for both, so a route has one set of counters whichever router serves it.
+    let series = app
+        .config
+        .metrics
+        .is_some()
+        .then(metrics::HttpSeries::default);
+    let api = api.route_layer(from_fn_with_state(
+        gate::Gate::new(app.clone(), series.clone()),
+        gate::api,
+    ));
+    let public = match series {
+        Some(series) => public.route_layer(from_fn_with_state(series, gate::public)),
+        None => public,
+    };
     let inner: Router<App> = Router::new()
         .merge(routes::ops::router(doc))
         .merge(public)
@@ -134,7 +139,7 @@ pub fn router(app: App) -> Router {
 }
 
 /// The complete service: the router inside the request-wide layers, outermost first:
-/// trailing-slash normalisation, request ids and tracing, error-body mapping, body limit.
+/// trailing-slash normalisation, the request frame ([`frame`]), the body limit.
 ///
 /// The layers wrap the router once rather than each route (`Router::layer`), so a request
 /// does not clone a boxed copy of the whole stack for its route.
@@ -149,55 +154,8 @@ pub fn service(
 + Send
 + 'static {
     let limit = app.config.body_limit;
-    let stack = tower::ServiceBuilder::new()
-        .map_response(IntoResponse::into_response)
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
-        }))
-        .layer(from_fn(map_framework_errors))
-        .layer(axum::Extension(BodyLimit(limit)))
-        .layer(DefaultBodyLimit::max(limit))
-        .service(router(app));
-    NormalizePathLayer::trim_trailing_slash().layer(stack)
-}
-
-/// Gives framework-generated errors (405 with `Allow`, 413, 404 of nested routers) the spec's
-/// error body.
-async fn map_framework_errors(req: Request, next: Next) -> Response {
-    // The URI's parts are shared buffers: a clone copies no path.
-    let uri = req.uri().clone();
-    let path = uri.path();
-    let resp = next.run(req).await;
-    let is_json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json || resp.status().is_success() || resp.status().is_redirection() {
-        return resp;
-    }
-    let mapped = match resp.status() {
-        StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("Method not allowed on {path}"),
-        ),
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(0),
-        StatusCode::NOT_FOUND => ApiError::route_not_found(path),
-        _ => return resp,
-    };
-    let allow = resp.headers().get(header::ALLOW).cloned();
-    let mut out = mapped.into_response();
-    if let Some(a) = allow {
-        out.headers_mut().insert(header::ALLOW, a);
-    }
-    out
+    let router = DefaultBodyLimit::max(limit).layer(router(app));
+    NormalizePathLayer::trim_trailing_slash().layer(frame::Frame::new(router, limit))
 }
 
 /// Serves until SIGINT/SIGTERM, then drains in-flight requests.

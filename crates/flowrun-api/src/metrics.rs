@@ -9,11 +9,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -49,7 +47,8 @@ struct RouteSeries {
 }
 
 impl HttpSeries {
-    fn record(&self, route: &str, method: &Method, status: StatusCode, seconds: f64) {
+    /// Counts one request and its latency by matched route, method and status.
+    pub(crate) fn record(&self, route: &str, method: &Method, status: StatusCode, seconds: f64) {
         let find = |all: &Vec<RouteSeries>| {
             all.iter()
                 .position(|s| s.status == status && s.method == *method)
@@ -79,21 +78,6 @@ impl HttpSeries {
         all[i].requests.increment(1);
         all[i].duration.record(seconds);
     }
-}
-
-/// Counts every request and its latency by method, matched route and status.
-pub async fn record_http(State(series): State<HttpSeries>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let resp = next.run(req).await;
-    series.record(
-        route.as_ref().map_or("unmatched", MatchedPath::as_str),
-        &method,
-        resp.status(),
-        started.elapsed().as_secs_f64(),
-    );
-    resp
 }
 
 /// `GET /metrics` → 200 text exposition, or 404 when metrics are disabled.
