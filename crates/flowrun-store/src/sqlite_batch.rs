@@ -10,9 +10,9 @@
 //!   on, yield: when urgent writes wait too, the records go into the turn after theirs.
 //! - the transaction runs on a thread of its own, directly on the writer connection's SQLite
 //!   handle (borrowed from the driver, whose thread waits meanwhile): single-row statements,
-//!   each prepared once per transaction and then only bound and stepped. Multi-row statements
-//!   sent through the driver had a new shape for every mix of row counts, and preparing those
-//!   cost about as much as running them.
+//!   prepared once and kept from one transaction to the next ([`KeptHandle`]), then only
+//!   bound and stepped. Multi-row statements sent through the driver had a new shape for
+//!   every mix of row counts, and preparing those cost about as much as running them.
 //! - the fsync is taken out of the serial stage: a transaction commits with
 //!   `synchronous = NORMAL` (no fsync inside COMMIT, so the write lock is free again at once)
 //!   and a flusher thread then fsyncs the WAL file; only after that does anyone hear that the
@@ -170,6 +170,8 @@ fn run_writer(
 ) {
     // Timers and the pool's tasks need the runtime's context on this thread too.
     let _context = runtime.enter();
+    // Declared after `writer`, so dropped (its statements finalized) before the pool.
+    let mut kept: Option<KeptHandle> = None;
     let mut jobs: Vec<Job> = Vec::new();
     // Attempt records held back from the last turn's script; they go into this one.
     let mut carried: Vec<Job> = Vec::new();
@@ -206,30 +208,32 @@ fn run_writer(
         batch.retain(|j| !matches!(j, Job::FinishCheckpoint));
         if batch.is_empty() {
             if finish {
-                runtime.block_on(finish_checkpoint(&writer));
+                runtime.block_on(finish_checkpoint(&writer, &mut kept));
             }
             continue;
         }
-        let mut committed: Committed = match runtime.block_on(run_jobs(&writer, &batch, finish)) {
-            Ok(results) => batch.into_iter().zip(results).collect(),
-            Err(_) if batch.len() > 1 => {
-                // Find the culprit: every job on its own.
-                let mut committed = Vec::new();
-                for job in batch {
-                    match runtime.block_on(run_jobs(&writer, std::slice::from_ref(&job), false)) {
-                        Ok(mut r) => committed.push((job, r.pop().unwrap_or_default())),
-                        Err(e) => reply(job, Err(e)),
+        let mut committed: Committed =
+            match runtime.block_on(run_jobs(&writer, &mut kept, &batch, finish)) {
+                Ok(results) => batch.into_iter().zip(results).collect(),
+                Err(_) if batch.len() > 1 => {
+                    // Find the culprit: every job on its own.
+                    let mut committed = Vec::new();
+                    for job in batch {
+                        let one = std::slice::from_ref(&job);
+                        match runtime.block_on(run_jobs(&writer, &mut kept, one, false)) {
+                            Ok(mut r) => committed.push((job, r.pop().unwrap_or_default())),
+                            Err(e) => reply(job, Err(e)),
+                        }
                     }
+                    committed
                 }
-                committed
-            }
-            Err(e) => {
-                for job in batch {
-                    reply(job, Err(StoreError::Batch(e.to_string())));
+                Err(e) => {
+                    for job in batch {
+                        reply(job, Err(StoreError::Batch(e.to_string())));
+                    }
+                    Vec::new()
                 }
-                Vec::new()
-            }
-        };
+            };
         for (job, _) in &mut committed {
             if let Job::Insert { committed, .. } = job
                 && let Some(c) = committed.take()
@@ -337,8 +341,8 @@ fn run_checkpointer(
 }
 
 /// Completes a checkpoint on the writer connection (see [`run_checkpointer`]).
-async fn finish_checkpoint(writer: &SqlitePool) {
-    if let Err(e) = on_writer_handle(writer, |db| (checkpoint(db), true)).await {
+async fn finish_checkpoint(writer: &SqlitePool, kept: &mut Option<KeptHandle>) {
+    if let Err(e) = on_writer_handle(writer, kept, |db| (checkpoint(db), true)).await {
         tracing::warn!(error = %e, "WAL checkpoint failed");
     }
 }
@@ -380,6 +384,20 @@ fn reply(job: Job, result: Result<Vec<bool>>) {
     }
 }
 
+/// The writer connection's SQLite handle as rusqlite sees it, kept from one transaction to
+/// the next with the hot statements in its statement cache: prepared again in every
+/// transaction they cost about a tenth of the writer's instructions.
+///
+/// The driver owns the handle and would panic closing it while statements of ours are
+/// unfinalized, so this is dropped (finalizing them) before the driver can close it: before
+/// the writer closes a connection it found unfit, and before the pool when the writer ends.
+/// The pool never closes the connection on its own (no idle timeout, no maximum lifetime, no
+/// ping). A handle that differs from the kept one means a new connection.
+struct KeptHandle {
+    raw: *mut rusqlite::ffi::sqlite3,
+    db: rusqlite::Connection,
+}
+
 /// Runs the jobs as one transaction on the writer connection's SQLite handle and returns
 /// each job's applied flags (empty for an insert). On an error nothing is committed.
 ///
@@ -387,10 +405,11 @@ fn reply(job: Job, result: Result<Vec<bool>>) {
 /// [`run_checkpointer`]).
 async fn run_jobs(
     writer: &SqlitePool,
+    kept: &mut Option<KeptHandle>,
     jobs: &[Job],
     finish_checkpoint: bool,
 ) -> Result<Vec<Vec<bool>>> {
-    on_writer_handle(writer, |db| {
+    on_writer_handle(writer, kept, |db| {
         if finish_checkpoint && let Err(e) = checkpoint(db) {
             tracing::warn!(error = %e, "WAL checkpoint failed");
         }
@@ -401,22 +420,31 @@ async fn run_jobs(
     .await
 }
 
-/// Runs `f` on the writer connection's SQLite handle, borrowed from the driver; `f` also says
-/// whether the connection is fit for reuse (if not, it is closed).
+/// Runs `f` on the writer connection's SQLite handle, borrowed from the driver (whose
+/// thread waits meanwhile) and seen through `kept`; `f` also says whether the connection is
+/// fit for reuse (if not, it is closed).
 async fn on_writer_handle<T>(
     writer: &SqlitePool,
+    kept: &mut Option<KeptHandle>,
     f: impl FnOnce(&rusqlite::Connection) -> (Result<T>, bool),
 ) -> Result<T> {
     let mut conn = writer.acquire().await?;
     let (result, usable) = {
         let mut locked = conn.lock_handle().await?;
-        // SAFETY: `locked` keeps the driver's connection thread off the handle until it
-        // drops, and `db` (which does not close the handle) drops before it, finalizing every
-        // statement it prepared.
-        let db = unsafe { rusqlite::Connection::from_handle(locked.as_raw_handle().as_ptr()) }?;
-        f(&db)
+        let raw = locked.as_raw_handle().as_ptr();
+        if kept.as_ref().is_none_or(|k| k.raw != raw) {
+            *kept = None;
+            // SAFETY: the handle is only used while `locked` keeps the driver's thread off
+            // it; the wrapper does not close it and is dropped before the driver closes it
+            // (see `KeptHandle`).
+            let db = unsafe { rusqlite::Connection::from_handle(raw) }?;
+            db.set_prepared_statement_cache_capacity(crate::sqlite_hot::SQL_COUNT + 8);
+            *kept = Some(KeptHandle { raw, db });
+        }
+        f(&kept.as_ref().expect("set above").db)
     };
     if !usable {
+        *kept = None;
         let _ = conn.detach().close().await;
     }
     result
@@ -425,25 +453,24 @@ async fn on_writer_handle<T>(
 /// Ends a transaction that failed (a statement left it open, or COMMIT failed) and restores
 /// the connection's default durability; false when the connection is not fit for reuse.
 fn end_failed(db: &rusqlite::Connection) -> bool {
-    (db.is_autocommit() || db.execute_batch("ROLLBACK").is_ok())
-        && db.execute_batch(RESTORE).is_ok()
+    (db.is_autocommit() || db.execute_batch("ROLLBACK").is_ok()) && run(db, RESTORE).is_ok()
 }
 
-/// The connection's defaults, restored after every hot transaction.
-const RESTORE: &str = "PRAGMA ignore_check_constraints = OFF; PRAGMA synchronous = FULL";
+/// The connection's default durability, restored after every hot transaction.
+const RESTORE: &str = "PRAGMA synchronous = FULL";
+
+/// Runs one statement that returns nothing, prepared once (kept in the statement cache).
+fn run(db: &rusqlite::Connection, sql: &str) -> Result<()> {
+    db.prepare_cached(sql)?.raw_execute()?;
+    Ok(())
+}
 
 /// The transaction: every job's statements in queue order. Statements are `OR ROLLBACK`
 /// (a constraint failure ends the transaction at once, without a statement journal).
-///
-/// The schema's `CHECK (status IN (…))` constraints are not evaluated here: SQLite builds a
-/// temporary b-tree for such a list every time a statement runs, which for single-row
-/// statements cost about a tenth of a run's writing. The statuses are checked before binding
-/// instead (see `sqlite_hot`).
 fn write_jobs(db: &rusqlite::Connection, jobs: &[Job]) -> Result<Vec<Vec<bool>>> {
     // Unsynced: see the module notes. Other writes on the connection keep `FULL`.
-    db.execute_batch(
-        "PRAGMA synchronous = NORMAL; PRAGMA ignore_check_constraints = ON; BEGIN IMMEDIATE",
-    )?;
+    run(db, "PRAGMA synchronous = NORMAL")?;
+    run(db, "BEGIN IMMEDIATE")?;
     let mut hot = Hot::new(db);
     let mut applied = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -483,8 +510,8 @@ fn write_jobs(db: &rusqlite::Connection, jobs: &[Job]) -> Result<Vec<Vec<bool>>>
         });
     }
     drop(hot);
-    db.execute_batch("COMMIT")?;
-    db.execute_batch(RESTORE)?;
+    run(db, "COMMIT")?;
+    run(db, RESTORE)?;
     Ok(applied)
 }
 
@@ -565,7 +592,7 @@ mod tests {
         insert(1).await;
         let grown = wal_frames(&side);
         assert!(grown > before, "{grown} frames after {before}");
-        finish_checkpoint(&writer).await;
+        finish_checkpoint(&writer, &mut None).await;
         insert(1).await;
         let after = wal_frames(&side);
         assert!(

@@ -1,18 +1,19 @@
 //! The statements of the hot writes on SQLite (see `sqlite_batch`): single-row statements,
-//! each prepared the first time a transaction needs it and then only bound and stepped.
+//! prepared once on the writer connection and then only bound and stepped, transaction after
+//! transaction (they wait in the statement cache of the writer's kept handle).
 //!
 //! They keep the semantics of the schema and of the other backends: fenced writes apply only
 //! under their condition and report whether they did, and what a write brings along (a
 //! step's staged deliveries, a delivery's attempt row) is stored exactly when it applies.
-//! The transaction runs with `ignore_check_constraints` (see `sqlite_batch::write_jobs`), so
-//! the status values the schema's CHECKs allow are checked here before binding.
+//! The status CHECKs of their tables are equality chains (migration 0008), which SQLite
+//! evaluates without building a table of the allowed values on every run.
 
 use std::sync::LazyLock;
 
-use rusqlite::{Connection, Statement, params};
+use rusqlite::{CachedStatement, Connection, params};
 
-use crate::webhooks::{AttemptWrite, DELIVERY_STATUSES, DeliveryRow};
-use crate::{DocWrite, ExecUpdate, ExecutionRow, Result, StoreError};
+use crate::webhooks::{AttemptWrite, DeliveryRow};
+use crate::{DocWrite, ExecUpdate, ExecutionRow, Result};
 
 /// The hot statements, by index into [`SQL`].
 #[derive(Clone, Copy)]
@@ -28,7 +29,7 @@ enum Sql {
     InsertAttempt,
 }
 
-const SQL_COUNT: usize = Sql::InsertAttempt as usize + 1;
+pub(crate) const SQL_COUNT: usize = Sql::InsertAttempt as usize + 1;
 
 /// Every statement is `OR ROLLBACK`: a constraint failure ends the transaction at once,
 /// without a statement journal.
@@ -80,10 +81,11 @@ static SQL: LazyLock<[String; SQL_COUNT]> = LazyLock::new(|| {
     ]
 });
 
-/// One transaction's hot statements on `db`.
+/// One transaction's hot statements on `db`, taken from its statement cache when first
+/// needed (and given back when the transaction's writing is done).
 pub(crate) struct Hot<'db> {
     db: &'db Connection,
-    prepared: [Option<Statement<'db>>; SQL_COUNT],
+    prepared: [Option<CachedStatement<'db>>; SQL_COUNT],
 }
 
 impl<'db> Hot<'db> {
@@ -94,10 +96,10 @@ impl<'db> Hot<'db> {
         }
     }
 
-    fn stmt(&mut self, which: Sql) -> Result<&mut Statement<'db>> {
+    fn stmt(&mut self, which: Sql) -> Result<&mut CachedStatement<'db>> {
         let slot = &mut self.prepared[which as usize];
         if slot.is_none() {
-            *slot = Some(self.db.prepare(&SQL[which as usize])?);
+            *slot = Some(self.db.prepare_cached(&SQL[which as usize])?);
         }
         Ok(slot.as_mut().expect("prepared above"))
     }
@@ -108,14 +110,13 @@ impl<'db> Hot<'db> {
     }
 
     pub(crate) fn insert_execution(&mut self, r: &ExecutionRow) -> Result<()> {
-        let status = checked(&r.status, &crate::executions::STATUSES, "executions")?;
         self.stmt(Sql::InsertExecution)?.execute(params![
             r.id.to_string(),
             r.owner_id,
             r.flow_id.to_string(),
             r.trigger_id.to_string(),
             r.kind,
-            status,
+            r.status,
             r.device_id.map(|d| d.to_string()),
             r.invocation_id,
             r.event_id,
@@ -138,7 +139,6 @@ impl<'db> Hot<'db> {
     }
 
     pub(crate) fn insert_delivery(&mut self, d: &DeliveryRow) -> Result<()> {
-        let status = checked(&d.status, &DELIVERY_STATUSES, "webhook_deliveries")?;
         self.stmt(Sql::InsertDelivery)?.execute(params![
             d.id.to_string(),
             d.owner_id,
@@ -148,7 +148,7 @@ impl<'db> Hot<'db> {
             d.source,
             d.occurred_at,
             d.data,
-            status,
+            d.status,
             d.attempts,
             d.last_status_code,
             d.last_error,
@@ -188,20 +188,17 @@ impl<'db> Hot<'db> {
             .as_deref()
             .filter(|s| crate::executions::is_terminal(s))
         {
-            Some(status) => {
-                let status = checked(status, &crate::executions::STATUSES, "executions")?;
-                self.stmt(Sql::FinishExecution)?.execute(params![
-                    id,
-                    u.lease_owner,
-                    u.attempt,
-                    status,
-                    u.error,
-                    u.finished_at,
-                    u.state,
-                    u.search_text,
-                    u.clear_started,
-                ])?
-            }
+            Some(status) => self.stmt(Sql::FinishExecution)?.execute(params![
+                id,
+                u.lease_owner,
+                u.attempt,
+                status,
+                u.error,
+                u.finished_at,
+                u.state,
+                u.search_text,
+                u.clear_started,
+            ])?,
             // A progress write (a non-terminal status is one too: the row stays running).
             None => self.stmt(Sql::ProgressExecution)?.execute(params![
                 id,
@@ -222,7 +219,6 @@ impl<'db> Hot<'db> {
     /// A delivery's attempt record: applies only while the delivery still has the attempt
     /// count its claimer read; the attempt row is stored exactly when it applies.
     pub(crate) fn record_attempt(&mut self, w: &AttemptWrite) -> Result<bool> {
-        let status = checked(&w.status, &DELIVERY_STATUSES, "webhook_deliveries")?;
         let changed = self.stmt(Sql::RecordDelivery)?.execute(params![
             w.delivery_id.to_string(),
             w.expected_attempts,
@@ -232,7 +228,7 @@ impl<'db> Hot<'db> {
             w.duration_ms,
             w.completed_at,
             w.next_attempt_at,
-            status,
+            w.status,
         ])?;
         if changed == 0 {
             return Ok(false);
@@ -258,13 +254,53 @@ impl<'db> Hot<'db> {
     }
 }
 
-/// `status` when the schema's CHECK allows it (one of `allowed`).
-fn checked<'s>(status: &'s str, allowed: &[&str], table: &str) -> Result<&'s str> {
-    if allowed.contains(&status) {
-        Ok(status)
-    } else {
-        Err(StoreError::Batch(format!(
-            "{table}: status '{status}' is not one of {allowed:?}"
-        )))
+#[cfg(test)]
+mod tests {
+    /// The status CHECKs of the hot tables run as comparisons (no temporary table of the
+    /// allowed values per statement run) and still refuse what the schema does not allow.
+    #[tokio::test]
+    async fn hot_tables_check_their_status_without_a_temporary_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = crate::sqlite::SqliteStore::open(path.to_str().unwrap())
+            .await
+            .unwrap();
+        let db = rusqlite::Connection::open(&path).unwrap();
+        for table in ["executions", "webhook_deliveries"] {
+            // A row of the table with `status` as given and every other required column set.
+            let required: Vec<String> = db
+                .prepare(
+                    "SELECT name FROM pragma_table_info(?1) \
+                     WHERE \"notnull\" AND dflt_value IS NULL AND name <> 'status'",
+                )
+                .unwrap()
+                .query_map([table], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let insert = |status: &str| {
+                format!(
+                    "INSERT INTO {table} ({}, status) VALUES ({}, '{status}')",
+                    required.join(", "),
+                    vec!["'1'"; required.len()].join(", ")
+                )
+            };
+            let mut explain = db
+                .prepare(&format!("EXPLAIN {}", insert("pending")))
+                .unwrap();
+            let ops: Vec<String> = explain
+                .query_map([], |r| r.get(1))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert!(
+                !ops.iter().any(|op| op == "OpenEphemeral"),
+                "{table}: {ops:?}"
+            );
+            let err = db.execute(&insert("bogus"), []).unwrap_err().to_string();
+            assert!(err.contains("CHECK constraint failed"), "{table}: {err}");
+            db.execute(&insert("pending"), []).unwrap();
+        }
+        drop(store);
     }
 }
