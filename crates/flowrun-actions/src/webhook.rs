@@ -12,7 +12,7 @@
 //! - The delivery scheduling itself (queue, retries, health) lives in the engine; it reaches
 //!   the step executor through [`WebhookService`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
@@ -447,7 +447,50 @@ pub struct Outbound {
     plain: Arc<crate::http1::Pool>,
     policy: Arc<TargetPolicy>,
     timeout: Duration,
+    /// Target URLs as parsed, by their text: an endpoint's deliveries all go to one URL.
+    targets: Arc<std::sync::Mutex<HashMap<String, Arc<Target>>>>,
 }
+
+/// A delivery target as parsed from its URL.
+struct Target {
+    host: Host,
+    port: u16,
+    kind: TargetKind,
+}
+
+enum TargetKind {
+    /// `http`: the request line's parts, for the plain client.
+    Plain {
+        authority: String,
+        path_and_query: String,
+    },
+    /// `https`: through reqwest.
+    Tls(reqwest::Url),
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Self, TargetError> {
+        let (host, port, parsed) = target_url(url)?;
+        let kind = if parsed.scheme() == "http" {
+            TargetKind::Plain {
+                authority: match parsed.port() {
+                    Some(p) => format!("{}:{p}", parsed.host_str().unwrap_or_default()),
+                    None => parsed.host_str().unwrap_or_default().to_string(),
+                },
+                path_and_query: match parsed.query() {
+                    Some(q) => format!("{}?{q}", parsed.path()),
+                    None => parsed.path().to_string(),
+                },
+            }
+        } else {
+            TargetKind::Tls(parsed)
+        };
+        Ok(Self { host, port, kind })
+    }
+}
+
+/// How many parsed target URLs are kept (all are dropped when it is reached).
+const TARGETS_KEPT: usize = 1024;
 
 impl fmt::Debug for Outbound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -476,6 +519,7 @@ impl Outbound {
             plain: Arc::default(),
             policy,
             timeout,
+            targets: Arc::default(),
         }
     }
 
@@ -483,12 +527,26 @@ impl Outbound {
         &self.policy
     }
 
+    /// `url` as parsed, from the kept targets when it was seen before.
+    fn target(&self, url: &str) -> Result<Arc<Target>, TargetError> {
+        let mut kept = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = kept.get(url) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(Target::parse(url)?);
+        if kept.len() >= TARGETS_KEPT {
+            kept.clear();
+        }
+        kept.insert(url.to_string(), t.clone());
+        Ok(t)
+    }
+
     /// POSTs `body` with `headers`; never follows a redirect.
     pub async fn post(&self, url: &str, headers: &[(String, String)], body: &str) -> Sent {
         let started = Instant::now();
         let elapsed = |s: Instant| s.elapsed().as_millis() as i64;
-        let (host, port, parsed) = match target_url(url) {
-            Ok(h) => h,
+        let target = match self.target(url) {
+            Ok(t) => t,
             Err(e) => {
                 return Sent {
                     duration_ms: 0,
@@ -497,6 +555,7 @@ impl Outbound {
                 };
             }
         };
+        let host = &target.host;
         if let Some(ip) = host.ip
             && !self.policy.allows(ip)
         {
@@ -506,27 +565,25 @@ impl Outbound {
                 ..Default::default()
             };
         }
-        if parsed.scheme() == "http" {
-            let authority = match parsed.port() {
-                Some(p) => format!("{}:{p}", parsed.host_str().unwrap_or_default()),
-                None => parsed.host_str().unwrap_or_default().to_string(),
-            };
-            let path_and_query = match parsed.query() {
-                Some(q) => format!("{}?{q}", parsed.path()),
-                None => parsed.path().to_string(),
-            };
-            let target = crate::http1::Plain {
-                authority: &authority,
-                host: &host.name,
-                ip: host.ip,
-                port,
-                path_and_query: &path_and_query,
-            };
-            return self
-                .plain
-                .post(&self.policy, &target, headers, body, self.timeout)
-                .await;
-        }
+        let parsed = match &target.kind {
+            TargetKind::Plain {
+                authority,
+                path_and_query,
+            } => {
+                let target = crate::http1::Plain {
+                    authority,
+                    host: &host.name,
+                    ip: host.ip,
+                    port: target.port,
+                    path_and_query,
+                };
+                return self
+                    .plain
+                    .post(&self.policy, &target, headers, body, self.timeout)
+                    .await;
+            }
+            TargetKind::Tls(url) => url.clone(),
+        };
         let mut req = self.client.post(parsed).body(body.to_string());
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
