@@ -761,27 +761,29 @@ async fn run_recorder(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Rec
                 Err(_) => break,
             }
         }
-        let writes: Vec<(AttemptWrite, Option<HealthFn<'_>>)> = batch
-            .iter()
-            .map(|r| {
-                (
-                    r.write.clone(),
-                    r.health.as_deref().map(|h| h as HealthFn<'_>),
-                )
-            })
+        // The writes move to the store; the health closures and replies stay here.
+        let mut writes = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for r in batch.drain(..) {
+            writes.push(r.write);
+            waiting.push((r.health, r.reply));
+        }
+        let writes: Vec<(AttemptWrite, Option<HealthFn<'_>>)> = writes
+            .into_iter()
+            .zip(&waiting)
+            .map(|(w, (health, _))| (w, health.as_deref().map(|h| h as HealthFn<'_>)))
             .collect();
-        let result = store.finish_attempts(&writes).await;
-        drop(writes);
+        let result = store.finish_attempts(writes).await;
         match result {
             Ok(applied) => {
-                for (r, ok) in batch.drain(..).zip(applied) {
-                    let _ = r.reply.send(Ok(ok));
+                for ((_, reply), ok) in waiting.into_iter().zip(applied) {
+                    let _ = reply.send(Ok(ok));
                 }
             }
             Err(e) => {
                 let message = e.to_string();
-                for r in batch.drain(..) {
-                    let _ = r.reply.send(Err(StoreError::Batch(message.clone())));
+                for (_, reply) in waiting {
+                    let _ = reply.send(Err(StoreError::Batch(message.clone())));
                 }
             }
         }

@@ -351,8 +351,9 @@ impl WebhookStore for PgStore {
 
     async fn finish_attempts(
         &self,
-        writes: &[(AttemptWrite, Option<HealthFn<'_>>)],
+        writes: Vec<(AttemptWrite, Option<HealthFn<'_>>)>,
     ) -> Result<Vec<bool>> {
+        let writes = &writes[..];
         let mut tx = self.writer.begin().await?;
         let mut applied = vec![false; writes.len()];
         // A round holds at most one write per delivery, so a delivery's writes apply in order.

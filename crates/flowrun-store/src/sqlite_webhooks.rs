@@ -348,14 +348,13 @@ impl WebhookStore for SqliteStore {
 
     async fn finish_attempts(
         &self,
-        writes: &[(AttemptWrite, Option<HealthFn<'_>>)],
+        writes: Vec<(AttemptWrite, Option<HealthFn<'_>>)>,
     ) -> Result<Vec<bool>> {
         if writes.iter().all(|(_, health)| health.is_none()) {
-            // Joins the next group commit (one script for every queued write; see
-            // sqlite_batch).
+            // Joins the next group commit (see sqlite_batch).
             return self
                 .commits
-                .attempts(writes.iter().map(|(w, _)| w.clone()).collect())
+                .attempts(writes.into_iter().map(|(w, _)| w).collect())
                 .await;
         }
         // Health is computed from the endpoint as the transaction sees it, so these writes

@@ -230,7 +230,7 @@ pub trait WebhookStore: Send + Sync {
         write: &AttemptWrite,
         health: Option<HealthFn<'_>>,
     ) -> Result<bool> {
-        let applied = self.finish_attempts(&[(write.clone(), health)]).await?;
+        let applied = self.finish_attempts(vec![(write.clone(), health)]).await?;
         Ok(applied.first().copied().unwrap_or(false))
     }
 
@@ -238,7 +238,7 @@ pub trait WebhookStore: Send + Sync {
     /// commit for a batch of deliveries); each is fenced on its own.
     async fn finish_attempts(
         &self,
-        writes: &[(AttemptWrite, Option<HealthFn<'_>>)],
+        writes: Vec<(AttemptWrite, Option<HealthFn<'_>>)>,
     ) -> Result<Vec<bool>>;
 
     /// One delivery of this owner.

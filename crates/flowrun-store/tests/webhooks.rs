@@ -256,7 +256,7 @@ async fn a_batch_of_attempts_commits_together_each_fenced_and_health_in_order() 
         let mut stale = failed_write(&b, 1, "dead", None);
         stale.expected_attempts = 5;
         let applied = db
-            .finish_attempts(&[
+            .finish_attempts(vec![
                 (failed_write(&a, 1, "dead", None), Some(&health)),
                 (stale, Some(&health)),
                 (failed_write(&b, 1, "dead", None), Some(&health)),
