@@ -356,6 +356,8 @@ async fn plan_batch(
         replies.push(first.reply);
     }
     let has_pending = plan.rows.iter().any(|r| r.status == "pending");
+    // The rows move to the store; the early runs need only each row's device afterwards.
+    let devices: Vec<Option<Uuid>> = plan.rows.iter().map(|r| r.device_id).collect();
     let rows = std::mem::take(&mut plan.rows);
     let shared = shared.clone();
     let (ended, commit) = oneshot::channel();
@@ -365,8 +367,8 @@ async fn plan_batch(
             .apply_enqueue(
                 changes,
                 last_triggered,
-                &rows,
-                &deliveries,
+                rows,
+                deliveries,
                 &routed,
                 now.millis(),
             )
@@ -381,7 +383,7 @@ async fn plan_batch(
                 }
                 match durable.await {
                     Ok(()) => {
-                        early.committed(&shared, &rows, replies);
+                        early.committed(&shared, &devices, replies);
                         for (r, outcome) in requests.into_iter().zip(outcomes) {
                             let _ = r.reply.send(Ok(outcome));
                         }

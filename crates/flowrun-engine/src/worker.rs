@@ -452,7 +452,7 @@ impl EarlyRuns {
     pub(crate) fn committed(
         self,
         shared: &Arc<Shared>,
-        rows: &[ExecutionRow],
+        devices: &[Option<Uuid>],
         replies: Vec<oneshot::Sender<bool>>,
     ) {
         {
@@ -466,7 +466,7 @@ impl EarlyRuns {
                         run.id,
                         RunningEntry {
                             cancel: run.cancel.clone(),
-                            device: rows[run.row].device_id,
+                            device: devices[run.row],
                         },
                     );
                 }

@@ -226,16 +226,17 @@ pub trait ExecutionStore: Send + Sync {
     /// once the transaction committed (its rows are visible and every later write of this
     /// store is ordered after it) with a future that resolves once it is durable. Nobody
     /// may hear of the rows (a reply, an effect) before that future resolves; meanwhile the
-    /// caller may go on to its next write.
+    /// caller may go on to its next write. Takes the rows (the hot path does not need them
+    /// back, and a backend may keep them until they are written).
     async fn insert_executions_committed(
         &self,
-        rows: &[ExecutionRow],
-        deliveries: &[crate::webhooks::DeliveryRow],
+        rows: Vec<ExecutionRow>,
+        deliveries: Vec<crate::webhooks::DeliveryRow>,
         docs: &[DocWrite],
         routed_events: &[String],
         now_ms: i64,
     ) -> Result<Durable> {
-        self.insert_executions_routed(rows, deliveries, docs, routed_events, now_ms)
+        self.insert_executions_routed(&rows, &deliveries, docs, routed_events, now_ms)
             .await?;
         Ok(Box::pin(std::future::ready(Ok(()))))
     }

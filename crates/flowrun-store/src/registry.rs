@@ -317,9 +317,16 @@ impl Registry {
         routed_events: &[String],
         now_ms: i64,
     ) -> Result<()> {
-        self.apply_enqueue(changes, Vec::new(), rows, &[], routed_events, now_ms)
-            .await?
-            .await
+        self.apply_enqueue(
+            changes,
+            Vec::new(),
+            rows.to_vec(),
+            Vec::new(),
+            routed_events,
+            now_ms,
+        )
+        .await?
+        .await
     }
 
     /// [`apply_with_executions`](Self::apply_with_executions), plus flows whose only change is
@@ -330,8 +337,8 @@ impl Registry {
         &self,
         changes: Vec<Change>,
         last_triggered: Vec<FlowRecord>,
-        rows: &[crate::ExecutionRow],
-        deliveries: &[crate::DeliveryRow],
+        rows: Vec<crate::ExecutionRow>,
+        deliveries: Vec<crate::DeliveryRow>,
         routed_events: &[String],
         now_ms: i64,
     ) -> Result<crate::Durable> {

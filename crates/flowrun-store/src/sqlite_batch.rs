@@ -114,8 +114,8 @@ impl CommitQueue {
     /// Returns once the rows committed, with the future of their fsync.
     pub(crate) async fn insert(
         &self,
-        rows: &[ExecutionRow],
-        deliveries: &[DeliveryRow],
+        rows: Vec<ExecutionRow>,
+        deliveries: Vec<DeliveryRow>,
         docs: &[DocWrite],
         routed: &[String],
         now_ms: i64,
@@ -124,8 +124,8 @@ impl CommitQueue {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job::Insert {
-                rows: rows.to_vec(),
-                deliveries: deliveries.to_vec(),
+                rows,
+                deliveries,
                 docs: docs.to_vec(),
                 routed: routed.to_vec(),
                 now_ms,

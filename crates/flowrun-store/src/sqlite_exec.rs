@@ -132,15 +132,21 @@ impl ExecutionStore for SqliteStore {
         routed_events: &[String],
         now_ms: i64,
     ) -> Result<()> {
-        self.insert_executions_committed(rows, deliveries, docs, routed_events, now_ms)
-            .await?
-            .await
+        self.insert_executions_committed(
+            rows.to_vec(),
+            deliveries.to_vec(),
+            docs,
+            routed_events,
+            now_ms,
+        )
+        .await?
+        .await
     }
 
     async fn insert_executions_committed(
         &self,
-        rows: &[ExecutionRow],
-        deliveries: &[DeliveryRow],
+        rows: Vec<ExecutionRow>,
+        deliveries: Vec<DeliveryRow>,
         docs: &[DocWrite],
         routed_events: &[String],
         now_ms: i64,

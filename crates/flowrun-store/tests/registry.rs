@@ -67,7 +67,14 @@ async fn last_triggered_at_is_written_behind() {
         let mut fired = flow(id);
         fired.flow.last_triggered_at = Some(at);
         registry
-            .apply_enqueue(Vec::new(), vec![fired], &[], &[], &[], at.millis())
+            .apply_enqueue(
+                Vec::new(),
+                vec![fired],
+                Vec::new(),
+                Vec::new(),
+                &[],
+                at.millis(),
+            )
             .await
             .unwrap()
             .await
