@@ -33,7 +33,11 @@ impl SqliteStore {
             // FULL: a commit is on disk when it returns (accepted input is never lost).
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Statement journals (every multi-row or constrained write inside a transaction
+            // keeps one, with a copy of each page it touches) and temporary b-trees stay in
+            // memory: on a file they cost a write system call per page.
+            .pragma("temp_store", "memory");
         // No ping before each acquire: it is a round trip to the connection's thread (two
         // wake-ups) on every write and read, and a broken file fails the query itself anyway.
         // The writer leaves checkpoints to the commit queue's checkpoint thread (see
