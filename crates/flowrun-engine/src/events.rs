@@ -103,7 +103,7 @@ pub(crate) fn keyed_events(
         }
     }
     let key = key.map(|k| EventKey {
-        response: (k.reply)(&id),
+        reply: k.reply,
         scope: k.scope,
         fingerprint: k.fingerprint,
     });

@@ -34,8 +34,9 @@ pub struct EventRow {
 pub struct EventKey {
     pub scope: IdemScope,
     pub fingerprint: String,
-    /// The reply a retry with the same key replays.
-    pub response: StoredResponse,
+    /// The reply of the request that stored the event of this id: what a retry with the
+    /// same key replays.
+    pub reply: fn(&str) -> StoredResponse,
 }
 
 /// One ingest request of a group commit: its rows (the event and any it derives) and its key.

@@ -267,13 +267,14 @@ pub trait Store:
     ) -> Result<Vec<IdemBegin>> {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut rows = Vec::new();
-        let mut claimed: Vec<&EventKey> = Vec::new();
+        // Each claimed key with the id of the event it stores.
+        let mut claimed: Vec<(&EventKey, &str)> = Vec::new();
         for item in batch {
             let outcome = match &item.key {
                 Some(k) => match self.idem_begin(&k.scope, &k.fingerprint, now_ms).await {
                     Ok(o) => o,
                     Err(e) => {
-                        for k in claimed {
+                        for (k, _) in claimed {
                             let _ = self.idem_release(&k.scope).await;
                         }
                         return Err(e);
@@ -283,18 +284,23 @@ pub trait Store:
             };
             if matches!(outcome, IdemBegin::New) {
                 rows.extend(item.rows.iter().cloned());
-                claimed.extend(&item.key);
+                if let (Some(k), Some(row)) = (&item.key, item.rows.first()) {
+                    claimed.push((k, &row.id));
+                }
             }
             outcomes.push(outcome);
         }
         if let Err(e) = self.insert_events(&rows).await {
-            for k in claimed {
+            for (k, _) in claimed {
                 let _ = self.idem_release(&k.scope).await;
             }
             return Err(e);
         }
-        for k in claimed {
-            if let Err(e) = self.idem_complete(&k.scope, Some(&k.response)).await {
+        for (k, event_id) in claimed {
+            if let Err(e) = self
+                .idem_complete(&k.scope, Some(&(k.reply)(event_id)))
+                .await
+            {
                 tracing::error!(error = %e, "storing idempotent response");
             }
         }

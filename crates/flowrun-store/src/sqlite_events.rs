@@ -1,6 +1,6 @@
 //! The events table on SQLite: see [`crate::events`].
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{Sqlite, SqliteRow};
@@ -8,7 +8,7 @@ use sqlx::{QueryBuilder, Row, Transaction};
 
 use crate::events::{EventKey, EventRow, EventStore, KeyedEvents};
 use crate::sqlite::SqliteStore;
-use crate::{IDEMPOTENCY_STALE_MS, IDEMPOTENCY_TTL_MS, IdemBegin, Result, decide_existing};
+use crate::{IDEMPOTENCY_TTL_MS, IdemBegin, Result};
 
 const COLS: &str =
     "seq, id, owner_id, event_type, device_id, payload, received_at, actor_id, routed_at";
@@ -27,85 +27,64 @@ fn event_from_row(r: &SqliteRow) -> EventRow {
     }
 }
 
-/// Key records of a group commit's keyed requests, claimed in one statement: returns the
-/// scopes actually inserted (a key already recorded, or repeated earlier in the batch, is
-/// not).
-async fn claim_keys(
+/// The event already stored under a key (§1.9): the record its retries are decided by.
+struct KeyRecord {
+    event_id: String,
+    fingerprint: String,
+    received_at: i64,
+    seq: i64,
+}
+
+/// The events of `keys` already stored, by (key, owner), in one indexed lookup.
+async fn stored_keys(
     tx: &mut Transaction<'_, Sqlite>,
     keys: &[&EventKey],
-    now_ms: i64,
-) -> Result<HashSet<(String, String, String, String)>> {
-    let mut claimed = HashSet::with_capacity(keys.len());
-    // 10 binds per row; SQLite allows 32766 variables per statement.
-    for chunk in keys.chunks(1000) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO idempotency (owner_id, method, route, idem_key, fingerprint, state, status, body, location, created_at) ",
-        );
-        qb.push_values(chunk, |mut b, k| {
-            b.push_bind(&k.scope.owner_id)
-                .push_bind(&k.scope.method)
-                .push_bind(&k.scope.route)
-                .push_bind(&k.scope.key)
-                .push_bind(&k.fingerprint)
-                .push_bind("done")
-                .push_bind(i32::from(k.response.status))
-                .push_bind(&k.response.body)
-                .push_bind(&k.response.location)
-                .push_bind(now_ms);
-        });
-        qb.push(" ON CONFLICT DO NOTHING RETURNING owner_id, method, route, idem_key");
-        for r in qb.build().fetch_all(&mut **tx).await? {
-            claimed.insert((r.get(0), r.get(1), r.get(2), r.get(3)));
-        }
-    }
-    Ok(claimed)
-}
-
-/// A key found taken by [`claim_keys`]: an expired record (or an abandoned running one) is
-/// replaced and the request goes ahead; otherwise the record decides.
-async fn existing_key(
-    tx: &mut Transaction<'_, Sqlite>,
-    k: &EventKey,
-    now_ms: i64,
-) -> Result<IdemBegin> {
-    let s = &k.scope;
-    let deleted = sqlx::query(
-        "DELETE FROM idempotency WHERE owner_id = ? AND method = ? AND route = ? AND idem_key = ? \
-         AND (created_at < ? OR (state = 'running' AND created_at < ?))",
+) -> Result<HashMap<(String, String), KeyRecord>> {
+    let list = serde_json::to_string(&keys.iter().map(|k| &k.scope.key).collect::<Vec<_>>())
+        .expect("keys serialise");
+    let rows = sqlx::query(
+        "SELECT idem_key, owner_id, id, idem_fingerprint, received_at, seq FROM events \
+         WHERE idem_key IS NOT NULL AND idem_key IN (SELECT value FROM json_each(?))",
     )
-    .bind(&s.owner_id)
-    .bind(&s.method)
-    .bind(&s.route)
-    .bind(&s.key)
-    .bind(now_ms - IDEMPOTENCY_TTL_MS)
-    .bind(now_ms - IDEMPOTENCY_STALE_MS)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if deleted == 1 && !claim_keys(tx, &[k], now_ms).await?.is_empty() {
-        return Ok(IdemBegin::New);
-    }
-    let r = sqlx::query(
-        "SELECT fingerprint, state, status, body, location FROM idempotency \
-         WHERE owner_id = ? AND method = ? AND route = ? AND idem_key = ?",
-    )
-    .bind(&s.owner_id)
-    .bind(&s.method)
-    .bind(&s.route)
-    .bind(&s.key)
-    .fetch_one(&mut **tx)
+    .bind(list)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(decide_existing(
-        &k.fingerprint,
-        &r.get::<String, _>(0),
-        &r.get::<String, _>(1),
-        r.get(2),
-        r.get(3),
-        r.get(4),
-    ))
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1)),
+                KeyRecord {
+                    event_id: r.get(2),
+                    fingerprint: r.get(3),
+                    received_at: r.get(4),
+                    seq: r.get(5),
+                },
+            )
+        })
+        .collect())
 }
 
-/// The group commit of ingest on SQLite: key records and events in one transaction.
+/// What decides the later requests of a batch with a key: the event stored under it before,
+/// or the batch's request that stores one (its event id and fingerprint).
+enum Record<'a> {
+    Stored(KeyRecord),
+    Batch(&'a str, &'a str),
+}
+
+/// A retry of a stored event: the same request replays its 202, another one is refused.
+fn decide(record_id: &str, record_fp: &str, k: &EventKey) -> IdemBegin {
+    if record_fp == k.fingerprint {
+        IdemBegin::Replay((k.reply)(record_id))
+    } else {
+        IdemBegin::Mismatch
+    }
+}
+
+/// The group commit of ingest on SQLite: each request's events with its key, in one
+/// transaction. A key already on a stored event (within its lifetime), or repeated earlier in
+/// the batch, decides the request instead; a key older than its lifetime is taken off its old
+/// event and used again.
 pub(crate) async fn insert_keyed_events(
     store: &SqliteStore,
     batch: &[KeyedEvents],
@@ -115,42 +94,78 @@ pub(crate) async fn insert_keyed_events(
     let mut outcomes: Vec<IdemBegin> = batch.iter().map(|_| IdemBegin::New).collect();
     let keys: Vec<&EventKey> = batch.iter().filter_map(|b| b.key.as_ref()).collect();
     if !keys.is_empty() {
-        let mut claimed = claim_keys(&mut tx, &keys, now_ms).await?;
+        let mut stored = stored_keys(&mut tx, &keys).await?;
+        let mut expired = Vec::new();
+        // The record of each key of the batch: its stored event, or the batch's first
+        // request with it, which owns the key.
+        let mut records: HashMap<(&str, &str), Record<'_>> = HashMap::new();
         for (item, outcome) in batch.iter().zip(outcomes.iter_mut()) {
-            let Some(k) = &item.key else { continue };
-            let s = &k.scope;
-            let scope = (
-                s.owner_id.clone(),
-                s.method.clone(),
-                s.route.clone(),
-                s.key.clone(),
-            );
-            // The first request of the batch with a key owns the claim; a repeat of the key
-            // later in the batch sees the first one's record.
-            if !claimed.remove(&scope) {
-                *outcome = existing_key(&mut tx, k, now_ms).await?;
+            let (Some(k), Some(row)) = (&item.key, item.rows.first()) else {
+                continue;
+            };
+            let scope = (k.scope.key.as_str(), k.scope.owner_id.as_str());
+            if let Some(record) = records.get(&scope) {
+                *outcome = match record {
+                    Record::Stored(old) => decide(&old.event_id, &old.fingerprint, k),
+                    Record::Batch(id, fp) => decide(id, fp, k),
+                };
+                continue;
+            }
+            let found = if stored.is_empty() {
+                None
+            } else {
+                stored.remove(&(k.scope.key.clone(), k.scope.owner_id.clone()))
+            };
+            match found {
+                Some(old) if old.received_at >= now_ms - IDEMPOTENCY_TTL_MS => {
+                    *outcome = decide(&old.event_id, &old.fingerprint, k);
+                    records.insert(scope, Record::Stored(old));
+                }
+                found => {
+                    expired.extend(found.map(|old| old.seq));
+                    records.insert(scope, Record::Batch(&row.id, &k.fingerprint));
+                }
             }
         }
+        if !expired.is_empty() {
+            let list = serde_json::to_string(&expired).expect("seqs serialise");
+            sqlx::query(
+                "UPDATE events SET idem_key = NULL, idem_fingerprint = NULL \
+                 WHERE seq IN (SELECT value FROM json_each(?))",
+            )
+            .bind(list)
+            .execute(&mut *tx)
+            .await?;
+        }
     }
-    let rows: Vec<&EventRow> = batch
+    let rows: Vec<(&EventRow, Option<&EventKey>)> = batch
         .iter()
         .zip(&outcomes)
         .filter(|(_, o)| matches!(o, IdemBegin::New))
-        .flat_map(|(b, _)| &b.rows)
+        .flat_map(|(b, _)| {
+            b.rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r, if i == 0 { b.key.as_ref() } else { None }))
+        })
         .collect();
     insert_rows(&mut tx, &rows).await?;
     tx.commit().await?;
     Ok(outcomes)
 }
 
-/// Events in slice order; `routed_at` is set for events the ingest found nothing to route.
-async fn insert_rows(tx: &mut Transaction<'_, Sqlite>, rows: &[&EventRow]) -> Result<()> {
-    // 8 binds per row; SQLite allows 32766 variables per statement.
+/// Events in slice order, each with the key of the request that stored it; `routed_at` is
+/// set for events the ingest found nothing to route.
+async fn insert_rows(
+    tx: &mut Transaction<'_, Sqlite>,
+    rows: &[(&EventRow, Option<&EventKey>)],
+) -> Result<()> {
+    // 10 binds per row; SQLite allows 32766 variables per statement.
     for chunk in rows.chunks(1000) {
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO events (id, owner_id, event_type, device_id, payload, received_at, actor_id, routed_at) ",
+            "INSERT INTO events (id, owner_id, event_type, device_id, payload, received_at, actor_id, routed_at, idem_key, idem_fingerprint) ",
         );
-        qb.push_values(chunk, |mut b, e| {
+        qb.push_values(chunk, |mut b, (e, k)| {
             b.push_bind(&e.id)
                 .push_bind(&e.owner_id)
                 .push_bind(&e.event_type)
@@ -158,7 +173,9 @@ async fn insert_rows(tx: &mut Transaction<'_, Sqlite>, rows: &[&EventRow]) -> Re
                 .push_bind(&e.payload)
                 .push_bind(e.received_at)
                 .push_bind(&e.actor_id)
-                .push_bind(e.routed_at);
+                .push_bind(e.routed_at)
+                .push_bind(k.map(|k| &k.scope.key))
+                .push_bind(k.map(|k| &k.fingerprint));
         });
         qb.build().execute(&mut **tx).await?;
     }
@@ -169,7 +186,11 @@ async fn insert_rows(tx: &mut Transaction<'_, Sqlite>, rows: &[&EventRow]) -> Re
 impl EventStore for SqliteStore {
     async fn insert_events(&self, events: &[EventRow]) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        insert_rows(&mut tx, &events.iter().collect::<Vec<_>>()).await?;
+        insert_rows(
+            &mut tx,
+            &events.iter().map(|e| (e, None)).collect::<Vec<_>>(),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -190,5 +211,142 @@ impl EventStore for SqliteStore {
                 .fetch_one(&self.reader)
                 .await?,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{IdemScope, Store, StoredResponse};
+
+    fn reply(id: &str) -> StoredResponse {
+        StoredResponse {
+            status: 202,
+            body: id.as_bytes().to_vec(),
+            location: None,
+        }
+    }
+
+    fn request(id: &str, owner: &str, key: &str, fingerprint: &str, at: i64) -> KeyedEvents {
+        KeyedEvents {
+            rows: vec![EventRow {
+                seq: 0,
+                id: id.into(),
+                owner_id: owner.into(),
+                event_type: "t".into(),
+                device_id: None,
+                payload: "{}".into(),
+                received_at: at,
+                actor_id: None,
+                routed_at: Some(at),
+            }],
+            key: Some(EventKey {
+                scope: IdemScope {
+                    owner_id: owner.into(),
+                    method: "POST".into(),
+                    route: "/events/ingest".into(),
+                    key: key.into(),
+                },
+                fingerprint: fingerprint.into(),
+                reply,
+            }),
+        }
+    }
+
+    fn replay(id: &str) -> IdemBegin {
+        IdemBegin::Replay(reply(id))
+    }
+
+    /// Keys on events: the first request of a key stores its event, retries replay it or are
+    /// refused, owners have their own keys, and a key past its lifetime is used again.
+    #[tokio::test]
+    async fn an_ingest_key_is_decided_by_the_event_it_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        let first = store
+            .insert_keyed_events(
+                &[
+                    request("e1", "o", "k", "fp", 1_000),
+                    request("e2", "o", "k", "fp", 1_000),
+                    request("e3", "o", "k", "other", 1_000),
+                    request("e4", "p", "k", "fp", 1_000),
+                ],
+                1_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            first,
+            vec![
+                IdemBegin::New,
+                replay("e1"),
+                IdemBegin::Mismatch,
+                IdemBegin::New
+            ]
+        );
+        let again = store
+            .insert_keyed_events(
+                &[
+                    request("e5", "o", "k", "fp", 2_000),
+                    request("e6", "o", "k", "other", 2_000),
+                ],
+                2_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(again, vec![replay("e1"), IdemBegin::Mismatch]);
+        let later = 1_000 + IDEMPOTENCY_TTL_MS + 1;
+        let expired = store
+            .insert_keyed_events(
+                &[
+                    request("e7", "o", "k", "other", later),
+                    request("e8", "o", "k", "other", later),
+                ],
+                later,
+            )
+            .await
+            .unwrap();
+        assert_eq!(expired, vec![IdemBegin::New, replay("e7")]);
+        let keyed: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT id, idem_key FROM events ORDER BY seq")
+                .fetch_all(&store.reader)
+                .await
+                .unwrap();
+        let keyed: Vec<(&str, Option<&str>)> = keyed
+            .iter()
+            .map(|(i, k)| (i.as_str(), k.as_deref()))
+            .collect();
+        assert_eq!(
+            keyed,
+            vec![("e1", None), ("e4", Some("k")), ("e7", Some("k"))]
+        );
+    }
+
+    /// The group commit's lookup of its keys seeks the key index instead of scanning events.
+    #[tokio::test]
+    async fn stored_keys_are_looked_up_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+            "EXPLAIN QUERY PLAN SELECT idem_key, owner_id, id, idem_fingerprint, received_at, seq \
+             FROM events WHERE idem_key IS NOT NULL AND idem_key IN (SELECT value FROM json_each(?))",
+        )
+        .bind("[\"k\"]")
+        .fetch_all(&store.reader)
+        .await
+        .unwrap();
+        let details: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+        assert!(
+            details
+                .iter()
+                .any(|d| d.starts_with("SEARCH events USING INDEX events_idem_key")),
+            "{details:?}"
+        );
+        assert!(
+            !details.iter().any(|d| d.starts_with("SCAN events")),
+            "{details:?}"
+        );
     }
 }
