@@ -65,13 +65,6 @@ async fn stored_keys(
         .collect())
 }
 
-/// What decides the later requests of a batch with a key: the event stored under it before,
-/// or the batch's request that stores one (its event id and fingerprint).
-enum Record<'a> {
-    Stored(KeyRecord),
-    Batch(&'a str, &'a str),
-}
-
 /// A retry of a stored event: the same request replays its 202, another one is refused.
 fn decide(record_id: &str, record_fp: &str, k: &EventKey) -> IdemBegin {
     if record_fp == k.fingerprint {
@@ -94,36 +87,33 @@ pub(crate) async fn insert_keyed_events(
     let mut outcomes: Vec<IdemBegin> = batch.iter().map(|_| IdemBegin::New).collect();
     let keys: Vec<&EventKey> = batch.iter().filter_map(|b| b.key.as_ref()).collect();
     if !keys.is_empty() {
-        let mut stored = stored_keys(&mut tx, &keys).await?;
+        let stored = stored_keys(&mut tx, &keys).await?;
         let mut expired = Vec::new();
-        // The record of each key of the batch: its stored event, or the batch's first
-        // request with it, which owns the key.
-        let mut records: HashMap<(&str, &str), Record<'_>> = HashMap::new();
+        // The record (event id, fingerprint) of each key of the batch: its stored event, or
+        // the batch's first request with it, which owns the key.
+        let mut records: HashMap<(&str, &str), (&str, &str)> = HashMap::new();
         for (item, outcome) in batch.iter().zip(outcomes.iter_mut()) {
             let (Some(k), Some(row)) = (&item.key, item.rows.first()) else {
                 continue;
             };
             let scope = (k.scope.key.as_str(), k.scope.owner_id.as_str());
-            if let Some(record) = records.get(&scope) {
-                *outcome = match record {
-                    Record::Stored(old) => decide(&old.event_id, &old.fingerprint, k),
-                    Record::Batch(id, fp) => decide(id, fp, k),
-                };
+            if let Some((id, fp)) = records.get(&scope) {
+                *outcome = decide(id, fp, k);
                 continue;
             }
             let found = if stored.is_empty() {
                 None
             } else {
-                stored.remove(&(k.scope.key.clone(), k.scope.owner_id.clone()))
+                stored.get(&(k.scope.key.clone(), k.scope.owner_id.clone()))
             };
             match found {
                 Some(old) if old.received_at >= now_ms - IDEMPOTENCY_TTL_MS => {
                     *outcome = decide(&old.event_id, &old.fingerprint, k);
-                    records.insert(scope, Record::Stored(old));
+                    records.insert(scope, (&old.event_id, &old.fingerprint));
                 }
                 found => {
                     expired.extend(found.map(|old| old.seq));
-                    records.insert(scope, Record::Batch(&row.id, &k.fingerprint));
+                    records.insert(scope, (&row.id, &k.fingerprint));
                 }
             }
         }
